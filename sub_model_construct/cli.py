@@ -1,0 +1,89 @@
+"""Command-line helpers shared by the entry points of both packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+TRUE = {"true", "1", "yes", "y", "on"}
+FALSE = {"false", "0", "no", "n", "off"}
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with a non-zero exit, before anything is written."""
+
+
+def str2bool(value: str) -> bool:
+    """Honest boolean parsing: True/False/1/0/yes/no (the reference's `type=bool` made "False" true, spec §6.14)."""
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0/yes/no), got {value!r}")
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Call `main`; turn a UsageError (and the ValueError subclasses our modules raise for bad input) into one line
+    on stderr and exit status 2."""
+    try:
+        code = main()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+def setup_logging(is_main: bool = True) -> None:
+    logging.basicConfig(
+        level=logging.INFO if is_main else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("transformers", "datasets", "httpx", "urllib3", "filelock", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:  # the library's own loggers/bars ("Some weights were newly initialized" is expected and said by us)
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        import datasets
+
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def require_dir(path: str, what: str, hint: str) -> None:
+    if not os.path.isdir(path):
+        raise UsageError(f"{what} folder {path} not found; {hint}")
+
+
+FETCH_HINT = (
+    "fetch the embedded assets with `bash scripts/fetch_assets.sh` (paper assets: see pretrain_models/README.md)"
+)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")

@@ -1,0 +1,220 @@
+"""Public distillation corpora (spec §3.1): text cut into token blocks, or images with random crops.
+
+Text sources may be local HF dataset folders (`save_to_disk` or `load_dataset`-able, e.g. bookcorpus and
+wikipedia/20220301.en), `.txt` files (one example per non-empty line), `.jsonl` files (a `text` field per line)
+or folders of such files. Images: an HF image dataset folder, or a folder of images (torchvision ImageFolder /
+ImageNet layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("text", "sentence", "content", "article")
+IMAGE_COLUMNS = ("image", "img", "pixel_values")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+class CorpusError(ValueError):
+    """A corpus path that is missing, empty, or has no usable column."""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _load_hf_folder(path: Path, config_name: str | None) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        loaded = datasets.load_dataset(str(path), config_name) if config_name else datasets.load_dataset(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        split = "train" if "train" in loaded else next(iter(loaded))
+        loaded = loaded[split]
+    return loaded
+
+
+def _load_text_files(files: Sequence[Path]) -> datasets.Dataset:
+    texts: list[str] = []
+    for f in files:
+        if f.suffix == ".jsonl":
+            with f.open(encoding="utf-8") as handle:
+                for n, line in enumerate(handle, 1):
+                    if line.strip():
+                        record = json.loads(line)
+                        if "text" not in record:
+                            raise CorpusError(f"{f}:{n} has no 'text' field")
+                        texts.append(record["text"])
+        else:
+            texts.extend(line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
+    return datasets.Dataset.from_dict({"text": texts})
+
+
+def load_text_corpus(path: str, config_name: str | None = None) -> datasets.Dataset:
+    """One text source as a Dataset with a single `text` column."""
+    p = Path(path)
+    if not p.exists():
+        raise CorpusError(f"corpus {path} not found (embedded default: run `bash scripts/fetch_assets.sh`)")
+    if p.is_file():
+        if p.suffix not in (".txt", ".jsonl"):
+            raise CorpusError(f"corpus file {path} must be .txt or .jsonl")
+        data = _load_text_files([p])
+    else:
+        files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".jsonl"))
+        is_hf = any((p / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json"))
+        has_data_files = any(f.suffix in (".parquet", ".arrow", ".csv", ".json") for f in p.rglob("*"))
+        if files and not is_hf and not has_data_files:
+            data = _load_text_files(files)
+        else:
+            try:
+                data = _load_hf_folder(p, config_name)
+            except CorpusError:
+                raise
+            except Exception as exc:  # datasets raises many types for unreadable folders
+                raise CorpusError(f"corpus {path} is not a readable dataset folder: {exc}") from exc
+    column = next((c for c in TEXT_COLUMNS if c in data.column_names), None)
+    if column is None:
+        raise CorpusError(f"corpus {path} has no text column (looked for {', '.join(TEXT_COLUMNS)})")
+    data = data.select_columns([column])
+    if column != "text":
+        data = data.rename_column(column, "text")
+    if len(data) == 0:
+        raise CorpusError(f"corpus {path} is empty")
+    return data
+
+
+def load_text_corpora(paths: Sequence[str | None], config_names: Sequence[str | None] = ()) -> datasets.Dataset:
+    """Concatenate the given sources (None entries skipped), as the reference joins bookcorpus and wikipedia."""
+    names = list(config_names) + [None] * len(paths)
+    parts = [load_text_corpus(p, names[i]) for i, p in enumerate(paths) if p]
+    if not parts:
+        raise CorpusError("no public corpus given")
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def corpus_name(paths: Sequence[str | None]) -> str:
+    """Name used in output folders: basenames joined by '&' (bookcorpus&wikipedia as in spec §3.5)."""
+    return "&".join(os.path.basename(os.path.normpath(p)).lower() for p in paths if p)
+
+
+# ----------------------------------------------------------------------------------------------- text blocks
+def _blockify_batch(batch: dict, tokenizer, block_size: int) -> dict:
+    encoded = tokenizer(batch["text"], truncation=True, max_length=block_size)
+    keys = [k for k in encoded.keys() if k in ("input_ids", "attention_mask", "token_type_ids")]
+    joined = {k: [t for seq in encoded[k] for t in seq] for k in keys}
+    total = len(joined["input_ids"])
+    if total < block_size:  # spec §3.1: a batch shorter than a block becomes one short block
+        return {k: [v] for k, v in joined.items()}
+    usable = (total // block_size) * block_size
+    return {k: [v[i : i + block_size] for i in range(0, usable, block_size)] for k, v in joined.items()}
+
+
+def text_blocks(
+    corpus: datasets.Dataset,
+    tokenizer,
+    block_size: int = 512,
+    cache_dir: str | None = None,
+    map_batch_size: int = 5000,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Tokenise each example (truncated at block_size), concatenate per map batch and cut into consecutive
+    `block_size` blocks, dropping the remainder (spec §3.1). Cached under `cache_dir` by content fingerprint."""
+    key = hashlib.sha1(
+        f"{corpus._fingerprint}-{tokenizer.name_or_path}-{len(tokenizer)}-{block_size}-{map_batch_size}".encode()
+    ).hexdigest()[:16]
+    target = Path(cache_dir) / f"blocks-{key}" if cache_dir else None
+    if target is not None and (target / "dataset_info.json").exists():
+        return datasets.load_from_disk(str(target))
+    blocks = corpus.map(
+        _blockify_batch,
+        batched=True,
+        batch_size=map_batch_size,
+        remove_columns=corpus.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
+        num_proc=num_proc,
+        desc="tokenising corpus into blocks",
+    )
+    if target is not None:
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        blocks.save_to_disk(str(tmp))
+        os.replace(tmp, target)
+        blocks = datasets.load_from_disk(str(target))
+    return blocks
+
+
+def text_collator(tokenizer):
+    """Dynamic padding (only the rare short blocks need it, spec §3.1)."""
+
+    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        return tokenizer.pad(rows, return_tensors="pt")
+
+    return collate
+
+
+# ----------------------------------------------------------------------------------------------- images
+def image_transform(image_size: int, mean: Sequence[float], std: Sequence[float], num_channels: int, train: bool):
+    """RandomResizedCrop + flip for training, Resize + CenterCrop otherwise; then ToTensor + Normalize."""
+    from torchvision import transforms as T
+
+    mode = "L" if num_channels == 1 else "RGB"
+    steps = [T.Lambda(lambda img: img.convert(mode))]
+    if train:
+        steps += [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    else:
+        steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(steps)
+
+
+class ImageCorpus(torch.utils.data.Dataset):
+    """Images only (labels discarded, spec §3.1), transformed on access with torch's global RNG."""
+
+    def __init__(self, source, column: str | None, transform) -> None:
+        self.source, self.column, self.transform = source, column, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.source[index]
+        image = item[self.column] if self.column is not None else item[0]
+        return {"pixel_values": self.transform(image)}
+
+
+def load_image_corpus(path: str, transform) -> ImageCorpus:
+    p = Path(path)
+    if not p.exists():
+        raise CorpusError(f"image corpus {path} not found (embedded default: run `bash scripts/fetch_assets.sh`)")
+    has_images = any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*") if f.is_file())
+    is_hf = (p / "dataset_dict.json").exists() or (p / "dataset_info.json").exists()
+    if has_images and not is_hf:
+        from torchvision.datasets import ImageFolder
+
+        root = p / "train" if (p / "train").is_dir() else p
+        source = ImageFolder(str(root))
+        column = None
+    else:
+        try:
+            source = _load_hf_folder(p, None)
+        except Exception as exc:
+            raise CorpusError(f"image corpus {path} is not a readable dataset folder: {exc}") from exc
+        column = next((c for c in IMAGE_COLUMNS if c in source.column_names), None)
+        if column is None:
+            raise CorpusError(f"image corpus {path} has no image column (looked for {', '.join(IMAGE_COLUMNS)})")
+    if len(source) == 0:
+        raise CorpusError(f"image corpus {path} is empty")
+    return ImageCorpus(source, column, transform)
+
+
+def image_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}

@@ -1,0 +1,106 @@
+"""The one table of model families (spec §2, ARCHITECTURE §3).
+
+Every other module asks this table where a family keeps its layers, its FFN and its attention, using the module
+names of the pinned transformers 5.x. Adding a family means adding a row here and a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where the parts of one transformer encoder family live (names relative to the bare backbone)."""
+
+    name: str
+    layers: str  # ModuleList of encoder layers, relative to the backbone
+    ffn_in: str  # Linear d -> D, relative to a layer (rows = neurons)
+    ffn_out: str  # Linear D -> d, relative to a layer (columns = neurons)
+    ffn_out_norm: str | None  # LayerNorm applied after the FFN residual (post-LN families only)
+    attention: tuple[str, ...]  # query, key, value, output projections, relative to a layer (LoRA targets)
+    head: str  # classification head module name on the *ForSequence/ImageClassification model
+    modality: str  # "text" or "image"
+    ffn_dropout: str  # dropout applied to the FFN output, relative to a layer (ViT shares it with attention)
+    # spec §3.2: substrings that keep a compressed layer's parameter out of the distillation trainable set
+    frozen_in_distillation: tuple[str, ...] = ("attention",)
+
+    def layer_prefix(self, index: int) -> str:
+        return f"{self.layers}.{index}"
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family(
+        name="bert",
+        layers="encoder.layer",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        ffn_out_norm="output.LayerNorm",
+        attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+        head="classifier",
+        modality="text",
+        ffn_dropout="output.dropout",
+    ),
+    "roberta": Family(
+        name="roberta",
+        layers="encoder.layer",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        ffn_out_norm="output.LayerNorm",
+        attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+        head="classifier",
+        modality="text",
+        ffn_dropout="output.dropout",
+    ),
+    "vit": Family(
+        name="vit",
+        layers="layers",
+        ffn_in="mlp.fc1",
+        ffn_out="mlp.fc2",
+        ffn_out_norm=None,
+        attention=("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
+        head="classifier",
+        modality="image",
+        ffn_dropout="dropout",
+        frozen_in_distillation=("attention", "layernorm"),
+    ),
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's model_type has no row in FAMILIES."""
+
+
+def family_of(config_or_type) -> Family:
+    """Return the family row for a config (or a model_type string); clear error for anything else."""
+    model_type = config_or_type if isinstance(config_or_type, str) else getattr(config_or_type, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported families: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The bare encoder of a model: itself for *Model classes, `.base_model` for heads (e.g. `bert`, `vit`)."""
+    base = getattr(model, "base_model", model)
+    # peft wrappers expose base_model too; unwrap to the transformers model first
+    if hasattr(model, "get_base_model"):
+        base = model.get_base_model()
+        base = getattr(base, "base_model", base)
+    return base
+
+
+def encoder_layers(model: nn.Module, family: Family) -> nn.ModuleList:
+    return backbone(model).get_submodule(family.layers)
+
+
+def ffn_linears(layer: nn.Module, family: Family) -> tuple[nn.Linear, nn.Linear]:
+    """(W_in, W_out) Linear modules of one layer's FFN."""
+    return layer.get_submodule(family.ffn_in), layer.get_submodule(family.ffn_out)
+
+
+def ffn_width(layer: nn.Module, family: Family) -> int:
+    return ffn_linears(layer, family)[0].out_features

@@ -1,0 +1,293 @@
+"""Sub-FM construction (spec §2): saliency-based FFN compression, the FedOT layer-drop emulator (spec §4.13),
+and save/load of sub-FM checkpoints as ordinary transformers folders.
+
+A sub-FM is the stock transformers model with smaller `nn.Linear` modules swapped into its FFNs. Its config records
+the per-layer FFN widths (`ffn_widths`), so loading rebuilds the stock model from the config, shrinks it to those
+widths and loads the weights strictly. Module names stay identical to the FM's, which is what lets adapters move
+between the two by name (spec §2.7, §4.11).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from .families import Family, backbone, encoder_layers, family_of, ffn_linears
+
+logger = logging.getLogger(__name__)
+
+# config keys that mark a checkpoint as a sub-FM (spec §2.7) plus what is needed to rebuild and check it
+SUB_FM_KEYS = ("layers_retained", "intermediate_rank", "qk_rank", "ffn_widths", "layer_map", "layer_targets")
+
+
+class SubModelError(ValueError):
+    """Bad construction arguments or an inconsistent sub-FM checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------- saliency (§2.2)
+def neuron_saliency(w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """s_j = || [W_in[j,:], W_out[:,j]] ||_2 for W_in [D, d] and W_out [d, D]; biases excluded (spec §2.2)."""
+    return torch.sqrt(w_in.float().pow(2).sum(dim=1) + w_out.float().pow(2).sum(dim=0))
+
+
+def select_neurons(saliency: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` most salient neurons, in their original (ascending) order (spec §2.2)."""
+    top = torch.topk(saliency, keep, largest=True, sorted=True).indices
+    return torch.sort(top).values
+
+
+# ----------------------------------------------------------------------------------------------- FFN surgery
+def _replace(layer: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = layer.get_submodule(parent_path) if parent_path else layer
+    setattr(parent, child, new)
+
+
+def slice_ffn(layer: nn.Module, family: Family, neurons: torch.Tensor) -> None:
+    """Keep only `neurons` of this layer's FFN: rows of W_in/b_in and columns of W_out; b_out kept whole."""
+    w_in, w_out = ffn_linears(layer, family)
+    new_in = nn.Linear(w_in.in_features, len(neurons), bias=w_in.bias is not None)
+    new_out = nn.Linear(len(neurons), w_out.out_features, bias=w_out.bias is not None)
+    new_in.to(dtype=w_in.weight.dtype, device=w_in.weight.device)
+    new_out.to(dtype=w_out.weight.dtype, device=w_out.weight.device)
+    with torch.no_grad():
+        new_in.weight.copy_(w_in.weight[neurons])
+        if w_in.bias is not None:
+            new_in.bias.copy_(w_in.bias[neurons])
+        new_out.weight.copy_(w_out.weight[:, neurons])
+        if w_out.bias is not None:
+            new_out.bias.copy_(w_out.bias)
+    _replace(layer, family.ffn_in, new_in)
+    _replace(layer, family.ffn_out, new_out)
+
+
+def resize_ffn(layer: nn.Module, family: Family, width: int) -> None:
+    """Swap in FFN Linears of `width` neurons (uninitialised contents; the caller loads weights)."""
+    w_in, w_out = ffn_linears(layer, family)
+    if w_in.out_features == width:
+        return
+    _replace(layer, family.ffn_in, nn.Linear(w_in.in_features, width, bias=w_in.bias is not None))
+    _replace(layer, family.ffn_out, nn.Linear(width, w_out.out_features, bias=w_out.bias is not None))
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def validate_construction(
+    config: PretrainedConfig, layers_retained: Sequence[int], intermediate_rank: int, qk_rank: int
+) -> None:
+    """Raise SubModelError with one clear sentence for any argument the construction cannot honour."""
+    n_layers, d, d_ffn = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    if intermediate_rank <= 0 or intermediate_rank > d_ffn:
+        raise SubModelError(f"--intermediate_rank must be in 1..{d_ffn} (the FM's FFN width), got {intermediate_rank}")
+    bad = [i for i in layers_retained if not 0 <= i < n_layers]
+    if bad:
+        raise SubModelError(f"--layers_retained index {bad[0]} is out of range: the FM has layers 0..{n_layers - 1}")
+    if len(set(layers_retained)) != len(layers_retained):
+        raise SubModelError(f"--layers_retained has duplicated indices: {list(layers_retained)}")
+    if qk_rank != d:
+        # spec §2.4: the reference never implemented attention compression; only qk_rank == hidden_size works
+        raise SubModelError(
+            f"--qk_rank {qk_rank} != hidden size {d}: attention compression is not supported "
+            f"(only the FFN is compressed, spec §2.4); pass --qk_rank {d}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- construction
+def build_sub_model(
+    fm: PreTrainedModel, layers_retained: Sequence[int], intermediate_rank: int, qk_rank: int | None = None
+) -> PreTrainedModel:
+    """Return a new sub-FM: every layer kept, FFNs of layers not in `layers_retained` cut to the
+    `intermediate_rank` most salient neurons; everything else copied from the FM (spec §2.2–2.3)."""
+    config = fm.config
+    family = family_of(config)
+    qk_rank = config.hidden_size if qk_rank is None else qk_rank
+    validate_construction(config, layers_retained, intermediate_rank, qk_rank)
+    sub = copy.deepcopy(fm)
+    widths = []
+    for i, layer in enumerate(encoder_layers(sub, family)):
+        if i not in layers_retained:
+            w_in, w_out = ffn_linears(layer, family)
+            slice_ffn(layer, family, select_neurons(neuron_saliency(w_in.weight, w_out.weight), intermediate_rank))
+        widths.append(ffn_linears(layer, family)[0].out_features)
+    n = config.num_hidden_layers
+    _record_sub_config(
+        sub.config,
+        layers_retained=sorted(layers_retained),
+        intermediate_rank=intermediate_rank,
+        qk_rank=qk_rank,
+        ffn_widths=widths,
+        layer_map=list(range(n)),
+        layer_targets=list(range(n)),
+        fm_num_hidden_layers=n,
+    )
+    return sub
+
+
+def uniform_drop_plan(n_layers: int, adapter_bottom: int, adapter_top: int, emulator_layers: int) -> list[int]:
+    """FedOT layer plan (spec §4.13, an assumption): bottom/top adapter layers kept, `emulator_layers` of the middle
+    layers chosen uniformly (every k-th layer). Returns the FM indices kept, ascending."""
+    middle = list(range(adapter_bottom, n_layers - adapter_top))
+    if adapter_bottom + adapter_top >= n_layers:
+        raise SubModelError(f"adapter layers ({adapter_bottom}+{adapter_top}) leave no middle layers of {n_layers}")
+    if not 1 <= emulator_layers <= len(middle):
+        raise SubModelError(f"--emulator_layers must be in 1..{len(middle)}, got {emulator_layers}")
+    step = len(middle) / emulator_layers
+    kept_middle = [middle[int(k * step)] for k in range(emulator_layers)]
+    return list(range(adapter_bottom)) + kept_middle + list(range(n_layers - adapter_top, n_layers))
+
+
+def build_layer_drop_emulator(
+    fm: PreTrainedModel, adapter_bottom: int, adapter_top: int, emulator_layers: int
+) -> PreTrainedModel:
+    """Offsite-tuning emulator for FedOT: full copies of the kept FM layers, the others dropped (spec §4.13).
+
+    `layer_map[j]` is the FM layer that sub-FM layer j was copied from (used to plug LoRA back in);
+    `layer_targets[j]` is the FM layer whose output layer j stands in for (the last layer of the block it replaces),
+    used by layer-level distillation of the emulator.
+    """
+    config = fm.config
+    family = family_of(config)
+    n = config.num_hidden_layers
+    kept = uniform_drop_plan(n, adapter_bottom, adapter_top, emulator_layers)
+    sub = copy.deepcopy(fm)
+    layers = encoder_layers(sub, family)
+    new_layers = nn.ModuleList([layers[i] for i in kept])
+    _replace(backbone(sub), family.layers, new_layers)
+    targets = [(kept[j + 1] - 1) if j + 1 < len(kept) else n - 1 for j in range(len(kept))]
+    sub.config.num_hidden_layers = len(kept)
+    retained = list(range(adapter_bottom)) + list(range(len(kept) - adapter_top, len(kept)))
+    _record_sub_config(
+        sub.config,
+        layers_retained=retained,
+        intermediate_rank=config.intermediate_size,
+        qk_rank=config.hidden_size,
+        ffn_widths=[config.intermediate_size] * len(kept),
+        layer_map=kept,
+        layer_targets=targets,
+        fm_num_hidden_layers=n,
+    )
+    return sub
+
+
+def _record_sub_config(config: PretrainedConfig, **fields) -> None:
+    for key, value in fields.items():
+        setattr(config, key, value)
+
+
+# ----------------------------------------------------------------------------------------------- save / load
+def is_sub_model_config(config: PretrainedConfig) -> bool:
+    return all(hasattr(config, key) for key in ("ffn_widths", "layer_map"))
+
+
+def compressed_layers(config: PretrainedConfig) -> list[int]:
+    """Sub-FM layer indices that are not retained whole (spec §6.4: read from the sub-FM's own config)."""
+    return [j for j in range(config.num_hidden_layers) if j not in set(config.layers_retained)]
+
+
+def save_sub_model(model: PreTrainedModel, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Save the bare backbone (with pooler where the family has one) as a transformers folder + parameter counts."""
+    path = Path(path)
+    base = backbone(model)
+    path.mkdir(parents=True, exist_ok=True)
+    base.config.architectures = [type(base).__name__]
+    base.config.save_pretrained(path)
+    # Written directly (not save_pretrained): transformers 5 renames some families' keys to legacy names on save,
+    # and a sub-FM is read back only by load_sub_model, which expects the live module names.
+    state = {k: v.detach().contiguous() for k, v in base.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    counts = {"encoder_layer_parameters": encoder_layer_parameters(base), **(extra or {})}
+    (path / "sub_model_info.json").write_text(json.dumps(counts, indent=2) + "\n")
+
+
+def load_sub_model(
+    path: str | os.PathLike, model_class=AutoModel, torch_dtype: torch.dtype | None = None, **config_kwargs
+) -> PreTrainedModel:
+    """Load a sub-FM folder into `model_class` (AutoModel, AutoModelForSequenceClassification, ...).
+
+    The stock model is built from the config, its FFNs are shrunk to the recorded widths and the checkpoint is loaded
+    strictly into the backbone. The only tolerated difference is a pooler that the chosen head class does not build
+    (e.g. RobertaForSequenceClassification, spec §2.7); a head (classifier) is newly initialised, as with
+    `from_pretrained` on a bare checkpoint.
+    """
+    path = Path(path)
+    weights = path / "model.safetensors"
+    if not (path / "config.json").is_file() or not weights.is_file():
+        raise SubModelError(f"{path} is not a sub-FM folder (needs config.json and model.safetensors)")
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    if not is_sub_model_config(config):
+        raise SubModelError(f"{path} is a plain checkpoint, not a sub-FM (its config has no ffn_widths/layer_map)")
+    family = family_of(config)
+    model = model_class.from_config(config)
+    layers = encoder_layers(model, family)
+    if len(layers) != len(config.ffn_widths):
+        raise SubModelError(f"{path}: config lists {len(config.ffn_widths)} FFN widths for {len(layers)} layers")
+    for layer, width in zip(layers, config.ffn_widths):
+        resize_ffn(layer, family, width)
+    load_backbone_state(backbone(model), load_file(str(weights)), source=str(path))
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+    return model
+
+
+def load_backbone_state(base: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strict load, except a `pooler.*` the backbone does not build. Shapes are checked with a clear error."""
+    own = base.state_dict()
+    no_pooler = getattr(base, "pooler", None) is None
+    unexpected = [k for k in state if k not in own and not (no_pooler and k.startswith("pooler."))]
+    missing = [k for k in own if k not in state]
+    if missing or unexpected:
+        raise SubModelError(
+            f"{source}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, tensor in own.items():
+        if tensor.shape != state[key].shape:
+            raise SubModelError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, model expects {tuple(tensor.shape)}"
+            )
+    base.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------- sizes and names
+def encoder_layer_parameters(model: nn.Module) -> int:
+    """Parameters inside the encoder layers only: the tables' "Transformers Params" (spec §2.8)."""
+    family = family_of(backbone(model).config)
+    return sum(p.numel() for p in encoder_layers(model, family).parameters())
+
+
+def mebi(n: int) -> str:
+    return f"{n / 2**20:.1f}Mi"
+
+
+def sub_model_name(model_checkpoint: str, layers_retained: Sequence[int], qk_rank: int, intermediate_rank: int) -> str:
+    """spec §2.7: sub-{basename}-retained{indices joined}-r1{qk_rank}-r2{intermediate_rank}."""
+    base = os.path.basename(os.path.normpath(model_checkpoint))
+    return f"sub-{base}-retained{''.join(str(i) for i in layers_retained)}-r1{qk_rank}-r2{intermediate_rank}"
+
+
+def distilled_name(
+    sub_name: str, corpus: str, lr: float, max_grad_norm: float, epochs: float, alpha: float, batch: int
+) -> str:
+    """spec §3.5: {subname}-distilled-{corpus}-lr..-mgn..-epoch..-da..-bs..-with-wl."""
+    return f"{sub_name}-distilled-{corpus}-lr{lr}-mgn{max_grad_norm}-epoch{epochs}-da{alpha}-bs{batch}-with-wl"
+
+
+def check_derived_from(sub_config: PretrainedConfig, fm_config: PretrainedConfig, sub_path: str) -> None:
+    """Refuse a sub-FM that was not built from this FM (family, width or depth differ)."""
+    problems = []
+    if sub_config.model_type != fm_config.model_type:
+        problems.append(f"family {sub_config.model_type} vs {fm_config.model_type}")
+    if sub_config.hidden_size != fm_config.hidden_size:
+        problems.append(f"hidden size {sub_config.hidden_size} vs {fm_config.hidden_size}")
+    fm_layers = getattr(sub_config, "fm_num_hidden_layers", sub_config.num_hidden_layers)
+    if fm_layers != fm_config.num_hidden_layers:
+        problems.append(f"built from a {fm_layers}-layer FM, this FM has {fm_config.num_hidden_layers}")
+    if problems:
+        raise SubModelError(f"sub-FM {sub_path} was not derived from the given FM: " + "; ".join(problems))

@@ -1,0 +1,192 @@
+"""The one training loop (ARCHITECTURE §3), used by layer-level distillation, client training and alignment.
+
+An optimiser step consumes one *effective batch* of `effective_batch_size` examples drawn from a seeded permutation.
+It is cut into micro-batches of `micro_batch_size`; gradients are accumulated with each micro-batch weighted by its
+share of the effective batch, so the step's gradient is the mean over the effective batch however it is cut.
+With `data_parallel` set, process p computes micro-batches p, p+W, ... and the gradients are summed across processes:
+the update equals the single-process one (to float tolerance). That is how the reference's
+"per-device batch x processes x accumulation" effective batch keeps its meaning here (spec §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops before the weights are touched."""
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "constant"  # any transformers scheduler name: linear, cosine, constant, ...
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+
+
+def steps_for(num_examples: int, effective_batch_size: int, epochs: float) -> int:
+    """Optimiser steps for `epochs` (fractions allowed) passes; < 1e-3 epochs means exactly one step (spec §4.10)."""
+    if epochs < 1e-3:
+        return 1
+    per_epoch = math.ceil(num_examples / effective_batch_size)
+    return max(1, math.ceil(epochs * per_epoch))
+
+
+def batch_plan(num_examples: int, effective_batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[int]]:
+    """Endless sequence of effective batches: a fresh seeded permutation per epoch, the last batch of an epoch may be
+    smaller. Deterministic in (num_examples, batch size, seed), so a resumed run sees the same batches."""
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = math.ceil(num_examples / effective_batch_size)
+    step = 0
+    while True:
+        order = torch.randperm(num_examples, generator=generator).tolist()
+        for b in range(per_epoch):
+            if step >= start_step:
+                yield order[b * effective_batch_size : (b + 1) * effective_batch_size]
+            step += 1
+
+
+def fetch(dataset, indices: Sequence[int]) -> list[dict]:
+    """Rows of a datasets.Dataset (fast path) or any indexable collection."""
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(list(indices))
+    return [dataset[i] for i in indices]
+
+
+def make_optimizer(named_params: Sequence[tuple[str, nn.Parameter]], config: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay is not applied to biases and LayerNorm weights (spec §3.4)."""
+    decay = [p for n, p in named_params if not ("bias" in n or "norm" in n.lower())]
+    no_decay = [p for n, p in named_params if "bias" in n or "norm" in n.lower()]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+    )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _all_reduce_grads(params: Sequence[nn.Parameter], accelerator) -> None:
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def train(
+    named_params: Sequence[tuple[str, nn.Parameter]],
+    dataset,
+    collate: Callable[[list[dict]], dict],
+    loss_fn: LossFn,
+    *,
+    optim: OptimConfig,
+    total_steps: int,
+    micro_batch_size: int,
+    effective_batch_size: int,
+    seed: int,
+    device: torch.device,
+    data_parallel=None,
+    log_every: int = 0,
+    log_fn: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, torch.optim.Optimizer, object], None] | None = None,
+    start_step: int = 0,
+    resume_state: dict | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    grad_hook: Callable[[], None] | None = None,
+) -> dict:
+    """Run `total_steps` optimiser steps; return {"steps", "loss" (mean of logged losses), "seconds", "history"}.
+
+    `data_parallel`: an Accelerator whose processes share this loop (server-side work); None for a loop that runs
+    on one process only (a client). `grad_hook` runs after gradients are complete and before clipping (used by
+    neuron-level alignment to zero the gradients of frozen neurons). `on_step(step, optimizer, scheduler)` runs after
+    every step (checkpointing). Raises NonFiniteLossError on a NaN/inf loss, before the update.
+    """
+    params = [p for _, p in named_params]
+    optimizer = make_optimizer(named_params, optim)
+    warmup = math.ceil(optim.warmup_ratio * total_steps)
+    scheduler = get_scheduler(
+        optim.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+    )
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+    rank, world = (data_parallel.process_index, data_parallel.num_processes) if data_parallel else (0, 1)
+    is_main = data_parallel is None or data_parallel.is_main_process
+    plan = batch_plan(len(dataset), effective_batch_size, seed, start_step)
+    history, window, last_loss, started = [], [], float("nan"), time.perf_counter()
+    bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not (progress and is_main), leave=False)
+    for step in range(start_step, total_steps):
+        indices = next(plan)
+        micro = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+        step_loss = torch.zeros((), device=device)
+        parts_sum: dict[str, float] = {}
+        for chunk in micro[rank::world]:
+            loss, parts = loss_fn(to_device(collate(fetch(dataset, chunk)), device))
+            share = len(chunk) / len(indices)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at step {step + 1}")
+            (loss * share).backward()
+            step_loss += loss.detach() * share
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * share
+        if world > 1 and data_parallel is not None:
+            _all_reduce_grads(params, data_parallel)
+            step_loss = data_parallel.reduce(step_loss, reduction="sum")
+        if grad_hook is not None:
+            grad_hook()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm) if optim.max_grad_norm > 0 else None
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = step_loss.item()
+        window.append(last_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == total_steps):
+            record = {"step": step + 1, "loss": sum(window) / len(window), "learning_rate": lr}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if world == 1:
+                record.update(parts_sum)
+            history.append(record)
+            window = []
+            if log_fn is not None:
+                log_fn(record)
+        if on_step is not None:
+            on_step(step + 1, optimizer, scheduler)
+    bar.close()
+    losses = [h["loss"] for h in history] or window
+    return {
+        "steps": total_steps - start_step,
+        "loss": sum(losses) / len(losses) if losses else float("nan"),
+        "last_loss": last_loss,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }

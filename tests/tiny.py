@@ -1,0 +1,103 @@
+"""Tiny FMs, tokenizers and corpora built from configs in a temp folder: no downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    RobertaConfig,
+    RobertaModel,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+WORDS = (
+    "the a an of to in and is was for on with as by at from that this it be are were has have had not but or "
+    "market shares bank profit growth film music award star band game team match win player goal cup election "
+    "party minister vote government phone software computer internet users data chip mobile network"
+).split()
+HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 4
+
+
+def write_vocab(folder: Path) -> Path:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab += list("abcdefghijklmnopqrstuvwxyz.,")
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return path
+
+
+def make_text_fm(folder: Path, family: str = "bert", layers: int = LAYERS, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizerFast(vocab_file=str(write_vocab(folder)), do_lower_case=True)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=136,
+    )
+    if family == "bert":
+        model = BertModel(BertConfig(**common))
+    else:
+        model = RobertaModel(RobertaConfig(**common, pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_vit_fm(folder: Path, layers: int = LAYERS, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+    )
+    ViTModel(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.5], image_std=[0.5]).save_pretrained(folder)
+    return folder
+
+
+def make_fm(folder: Path, family: str) -> Path:
+    return make_vit_fm(folder) if family == "vit" else make_text_fm(folder, family)
+
+
+def write_text_corpus(path: Path, lines: int = 200, seed: int = 0) -> Path:
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(lines):
+        n = int(torch.randint(5, 20, (1,), generator=gen))
+        rows.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=gen)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    else:
+        path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def write_image_corpus(folder: Path, count: int = 40, seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L") for _ in range(count)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(count)]})
+    ds = ds.cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(folder))
+    return folder
