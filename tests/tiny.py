@@ -36,7 +36,7 @@ def write_vocab(folder: Path) -> Path:
 def make_text_fm(folder: Path, family: str = "bert", layers: int = LAYERS, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = BertTokenizerFast(vocab_file=str(write_vocab(folder)), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(write_vocab(folder)), do_lower_case=True)
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=HIDDEN,

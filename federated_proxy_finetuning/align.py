@@ -1,0 +1,243 @@
+"""Zero-activation statistics on clients and neuron-level alignment of the sub-FM on the server (spec §4.9–4.10).
+
+Instead of the reference's split modules (spec §2.6), the frozen neurons are held fixed by zeroing their gradients
+(and, after training, restoring their exact values). The two are equivalent for AdamW without weight decay, and
+this way the sub-FM keeps its stock modules throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sub_model_construct.distill_model import LayerKD, prepare_for_distillation
+from sub_model_construct.families import Family, backbone, encoder_layers, family_of, ffn_linears
+from sub_model_construct.train_loop import OptimConfig, steps_for, train
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- statistics (§4.9)
+class ZeroActivationCounter:
+    """Counts, per compressed layer and neuron, the positions whose FFN activation is exactly zero, and the number
+    of positions seen (per layer: the reference counted positions in layer 1 only, spec §6.10). Padding positions are
+    included, as in the reference. Hooks sit on the FFN output Linear, whose input is the activation."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
+        family = family_of(backbone(model).config)
+        blocks = encoder_layers(model, family)
+        self.zero_counts: dict[int, torch.Tensor] = {}
+        self.positions: dict[int, int] = {}
+        self._handles = []
+        for i in layers:
+            out_linear = ffn_linears(blocks[i], family)[1]
+            self.zero_counts[i] = torch.zeros(out_linear.in_features, dtype=torch.long)
+            self.positions[i] = 0
+            self._handles.append(out_linear.register_forward_pre_hook(self._hook(i)))
+
+    def _hook(self, layer: int):
+        def count(_module, inputs):
+            activation = inputs[0].detach()
+            self.zero_counts[layer] += (activation == 0).reshape(-1, activation.shape[-1]).sum(0).cpu()
+            self.positions[layer] += activation[..., 0].numel()
+
+        return count
+
+    def remove(self) -> dict:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return {"zero_counts": self.zero_counts, "positions": self.positions}
+
+
+@contextmanager
+def counting_zero_activations(model: nn.Module, layers: Sequence[int], enabled: bool):
+    counter = ZeroActivationCounter(model, layers) if enabled else None
+    result: dict = {}
+    try:
+        yield result
+    finally:
+        if counter is not None:
+            result.update(counter.remove())
+
+
+def zero_activation_rates(reports: Sequence[dict]) -> dict[int, torch.Tensor]:
+    """APoZ_i[j] = sum over clients of zero counts / sum over clients of positions (spec §4.9)."""
+    rates = {}
+    for layer in reports[0]["zero_counts"]:
+        zeros = sum(r["zero_counts"][layer] for r in reports).double()
+        positions = sum(r["positions"][layer] for r in reports)
+        rates[layer] = zeros / max(positions, 1)
+    return rates
+
+
+# ----------------------------------------------------------------------------------------------- alignment (§4.10)
+def split_neurons(
+    rates: torch.Tensor, retained_ratio: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frozen, updated) neuron indices: the ⌊n·r⌋ neurons with the lowest zero-activation rate stay frozen, ties
+    broken by a seeded shuffle (spec §4.10, §6.10)."""
+    n = rates.numel()
+    shuffled = torch.randperm(n, generator=generator)
+    order = shuffled[torch.argsort(rates[shuffled], stable=True)]
+    n_frozen = int(n * retained_ratio)
+    return torch.sort(order[:n_frozen]).values, torch.sort(order[n_frozen:]).values
+
+
+@dataclass
+class AlignConfig:
+    batch_size: int = 16  # per device (NLP reference; CV 32)
+    learning_rate: float = 6e-4  # NLP reference; CV 1e-3
+    warmup_ratio: float = 0.048
+    max_grad_norm: float = 1.0
+    epochs: float = 0.01  # fraction of one pass over the public corpus
+    retained_ratio: float = 0.5  # r: fraction of compressed-FFN neurons kept frozen (p = 1 - r updated)
+
+
+class FrozenNeurons:
+    """Gradient mask + exact restore for the frozen neurons of each compressed layer's FFN."""
+
+    def __init__(self, model: nn.Module, family: Family, frozen: dict[int, torch.Tensor]) -> None:
+        blocks = encoder_layers(model, family)
+        self.items = []
+        for layer, idx in frozen.items():
+            w_in, w_out = ffn_linears(blocks[layer], family)
+            idx = idx.to(w_in.weight.device)
+            saved = (
+                w_in.weight[idx].clone(),
+                w_in.bias[idx].clone() if w_in.bias is not None else None,
+                w_out.weight[:, idx].clone(),
+            )
+            self.items.append((w_in, w_out, idx, saved))
+
+    def mask_gradients(self) -> None:
+        for w_in, w_out, idx, _ in self.items:
+            if w_in.weight.grad is not None:
+                w_in.weight.grad[idx] = 0
+            if w_in.bias is not None and w_in.bias.grad is not None:
+                w_in.bias.grad[idx] = 0
+            if w_out.weight.grad is not None:
+                w_out.weight.grad[:, idx] = 0
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for w_in, w_out, idx, (win_rows, bin_rows, wout_cols) in self.items:
+            w_in.weight[idx] = win_rows
+            if bin_rows is not None:
+                w_in.bias[idx] = bin_rows
+            w_out.weight[:, idx] = wout_cols
+
+
+def alignment_parameters(model: nn.Module, family: Family, layers: Sequence[int]) -> list[tuple[str, nn.Parameter]]:
+    """FFN in/out weights and biases (+ the post-FFN LayerNorm for BERT/RoBERTa) of the compressed layers: the
+    reference's dense2 of both split modules plus the shared output bias and LayerNorm (spec §4.10 step 3)."""
+    blocks = encoder_layers(model, family)
+    named = []
+    for i in layers:
+        parts = [family.ffn_in, family.ffn_out] + ([family.ffn_out_norm] if family.ffn_out_norm else [])
+        for part in parts:
+            for pname, param in blocks[i].get_submodule(part).named_parameters():
+                named.append((f"{family.layers}.{i}.{part}.{pname}", param))
+    return named
+
+
+def align(
+    teacher: nn.Module,
+    student: nn.Module,
+    pairs: Sequence[tuple[int, int]],
+    rates: dict[int, torch.Tensor] | None,
+    data,
+    collate,
+    config: AlignConfig,
+    grad_accum_steps: int,
+    seed: int,
+    accelerator,
+) -> dict:
+    """One neuron-level alignment (spec §4.10): distil the FM (teacher, with the global adapter plugged in) into
+    the sub-FM (student) on the public corpus, updating only the non-frozen neurons of the compressed layers.
+
+    `rates` maps compressed layer -> zero-activation rate per neuron; None (or retained_ratio 0) updates everything.
+    Returns the training log. Trainable flags of both models are restored afterwards.
+    """
+    family = family_of(backbone(student).config)
+    layers = [s for _, s in pairs]
+    saved_flags = {id(p): p.requires_grad for m in (teacher, student) for p in m.parameters()}
+    was_training = (teacher.training, student.training)
+    generator = torch.Generator().manual_seed(seed)
+    frozen = {}
+    if rates is not None and config.retained_ratio > 0:
+        frozen = {i: split_neurons(rates[i], config.retained_ratio, generator)[0] for i in layers}
+    named = alignment_parameters(student, family, layers)
+    prepare_for_distillation(teacher, student, [p for _, p in named])
+    guard = FrozenNeurons(student, family, frozen)
+    kd = LayerKD(teacher, student, pairs, alpha=0.0)
+    world = accelerator.num_processes
+    effective = config.batch_size * world * grad_accum_steps
+    steps = steps_for(len(data), effective, config.epochs)
+    optim = OptimConfig(
+        learning_rate=config.learning_rate,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_ratio=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+    )
+    try:
+        result = train(
+            named,
+            data,
+            collate,
+            kd,
+            optim=optim,
+            total_steps=steps,
+            micro_batch_size=config.batch_size,
+            effective_batch_size=effective,
+            seed=seed,
+            device=accelerator.device,
+            data_parallel=accelerator,
+            log_every=max(1, steps // 5),
+            grad_hook=guard.mask_gradients,
+            desc="align",
+        )
+    finally:
+        guard.restore()
+        for m in (teacher, student):
+            for p in m.parameters():
+                p.requires_grad_(saved_flags[id(p)])
+        teacher.train(was_training[0])
+        student.train(was_training[1])
+    result.update(
+        steps=steps,
+        effective_batch_size=effective,
+        grad_accum_steps=grad_accum_steps,
+        frozen_per_layer={int(k): int(v.numel()) for k, v in frozen.items()},
+    )
+    return result
+
+
+def next_grad_accum(current: int, floor: int, epochs: float) -> int:
+    """Reference schedule of the alignment accumulation (spec §4.10): halved before each alignment while above the
+    floor (NLP: start 32, floor 2 -> 16, 8, 4, 2, 2, ...; CV: start 64, floor 8), unless align_epochs <= 1e-3."""
+    if epochs > 1e-3 and current > floor:
+        return current // 2
+    return current
+
+
+def ffn_state(model: nn.Module, layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The sub-FM weights that alignment can change (for round checkpoints and resume)."""
+    family = family_of(backbone(model).config)
+    return {name: p.detach().cpu().clone() for name, p in alignment_parameters(model, family, layers)}
+
+
+def load_ffn_state(model: nn.Module, layers: Sequence[int], state: dict[str, torch.Tensor]) -> None:
+    family = family_of(backbone(model).config)
+    params = dict(alignment_parameters(model, family, layers))
+    if set(params) != set(state):
+        raise ValueError("checkpoint FFN weights do not match the sub-FM's compressed layers")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
