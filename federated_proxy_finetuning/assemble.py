@@ -117,7 +117,7 @@ def with_lora(model, family, layers, args):
 
 
 def build_models(args, modality: str, task):
-    """(FM with LoRA, client model with LoRA, renamer, kd_pairs, client-side encoder-layer parameters)."""
+    """(FM with LoRA, client model with LoRA, renamer, kd_pairs, client and FM encoder-layer parameters)."""
     from transformers import AutoConfig
 
     fm_config = AutoConfig.from_pretrained(args.model_checkpoint)
@@ -133,9 +133,10 @@ def build_models(args, modality: str, task):
     torch.manual_seed(args.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
     fm = head_class(modality).from_pretrained(args.model_checkpoint, **labels)
     n = fm_config.num_hidden_layers
+    fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
     if args.method == "peft":
         fm_peft = with_lora(fm, family, range(n), args)
-        return fm_peft, fm_peft, LayerRenamer(family, list(range(n))), [], encoder_layer_parameters(fm)
+        return fm_peft, fm_peft, LayerRenamer(family, list(range(n))), [], fm_params, fm_params
     if args.sub_model_checkpoint:
         sub = load_sub_model(args.sub_model_checkpoint, head_class(modality), **labels)
         check_derived_from(sub.config, fm_config, args.sub_model_checkpoint)
@@ -158,6 +159,7 @@ def build_models(args, modality: str, task):
             f"--retained_layers_idx {args.retained_layers_idx} differs from the sub-FM's layers_retained "
             f"{retained}; leave it out (it is read from the sub-FM config)"
         )
+    sub_params = encoder_layer_parameters(sub)
     # FedOT tunes the adapters (bottom/top layers) only; FedPFT tunes attention LoRA in every layer
     sub_lora_layers = retained if args.method == "fedot" else list(range(len(layer_map)))
     fm_peft = with_lora(fm, family, [layer_map[j] for j in sub_lora_layers], args)
@@ -166,7 +168,7 @@ def build_models(args, modality: str, task):
     check_adapters_match(renamer.to_fm(adapter_state(client)), adapter_state(fm_peft))
     compressed = compressed_layers(sub_config) if args.method == "pft" else []
     pairs = [(sub_config.layer_targets[j], j) for j in compressed]
-    return fm_peft, client, renamer, pairs, encoder_layer_parameters(sub)
+    return fm_peft, client, renamer, pairs, sub_params, fm_params
 
 
 def build_server(args, accelerator, modality: str) -> Server:
@@ -183,7 +185,7 @@ def build_server(args, accelerator, modality: str) -> Server:
     if metric not in valid:
         raise UsageError(f"--metric_for_best_model {metric} is not produced for this task; choose from {sorted(valid)}")
     aligning = args.method == "pft" and 0 < args.align_interval < args.num_rounds
-    fm_peft, client, renamer, pairs, client_params = build_models(args, modality, task)
+    fm_peft, client, renamer, pairs, client_params, fm_params = build_models(args, modality, task)
     public = collate = None
     if aligning:
         from transformers import AutoConfig
@@ -247,7 +249,6 @@ def build_server(args, accelerator, modality: str) -> Server:
         epochs=args.align_epochs,
         retained_ratio=args.align_retained_ratio,
     )
-    fm_params = encoder_layer_parameters(backbone(fm_peft))
     info = {
         "client_encoder_layer_parameters": client_params,
         "fm_encoder_layer_parameters": fm_params,
