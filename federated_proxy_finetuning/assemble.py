@@ -172,7 +172,8 @@ def build_models(args, modality: str, task):
 
 
 def build_server(args, accelerator, modality: str) -> Server:
-    task, preprocessor = load_task(args, modality)
+    with accelerator.main_process_first():  # the main process fills the tokenisation cache, the others read it
+        task, preprocessor = load_task(args, modality)
     if args.max_eval_samples:
         task.eval_splits = {k: v.select(range(min(args.max_eval_samples, len(v)))) for k, v in task.eval_splits.items()}
     if args.num_clients > len(task.train):
@@ -190,9 +191,10 @@ def build_server(args, accelerator, modality: str) -> Server:
     if aligning:
         from transformers import AutoConfig
 
-        public, collate = load_public_corpus(
-            args, modality, preprocessor, AutoConfig.from_pretrained(args.model_checkpoint)
-        )
+        with accelerator.main_process_first():
+            public, collate = load_public_corpus(
+                args, modality, preprocessor, AutoConfig.from_pretrained(args.model_checkpoint)
+            )
     model_name = os.path.basename(
         os.path.normpath(
             args.sub_model_checkpoint if args.method != "peft" and args.sub_model_checkpoint else args.model_checkpoint

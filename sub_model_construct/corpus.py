@@ -162,14 +162,17 @@ def text_collator(tokenizer):
 
 
 # ----------------------------------------------------------------------------------------------- images
-def image_transform(image_size: int, mean: Sequence[float], std: Sequence[float], num_channels: int, train: bool):
-    """RandomResizedCrop + flip for training, Resize + CenterCrop otherwise; then ToTensor + Normalize."""
+def image_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], num_channels: int, train: bool, hflip: bool = True
+):
+    """RandomResizedCrop (+ horizontal flip) for training, Resize + CenterCrop otherwise; then ToTensor + Normalize.
+    Random draws come from torch's global RNG, so the caller's seeding makes them reproducible."""
     from torchvision import transforms as T
 
     mode = "L" if num_channels == 1 else "RGB"
     steps = [T.Lambda(lambda img: img.convert(mode))]
     if train:
-        steps += [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+        steps += [T.RandomResizedCrop(image_size)] + ([T.RandomHorizontalFlip()] if hflip else [])
     else:
         steps += [T.Resize(image_size), T.CenterCrop(image_size)]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
