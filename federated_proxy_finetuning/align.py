@@ -211,12 +211,28 @@ def align(
         teacher.train(was_training[0])
         student.train(was_training[1])
     result.update(
+        changed_parameters=changed_parameters(student, family, layers, frozen),
         steps=steps,
         effective_batch_size=effective,
         grad_accum_steps=grad_accum_steps,
         frozen_per_layer={int(k): int(v.numel()) for k, v in frozen.items()},
     )
     return result
+
+
+def changed_parameters(model: nn.Module, family: Family, layers: Sequence[int], frozen: dict) -> int:
+    """Parameters an alignment can change, i.e. what the server sends to clients afterwards (Fig. 2's W_fro
+    update): the updated neurons' rows/columns plus the shared output bias (and LayerNorm)."""
+    blocks = encoder_layers(model, family)
+    total = 0
+    for i in layers:
+        w_in, w_out = ffn_linears(blocks[i], family)
+        updated = w_in.out_features - (frozen[i].numel() if i in frozen else 0)
+        total += updated * (w_in.in_features + (w_in.bias is not None) + w_out.out_features)
+        total += w_out.out_features if w_out.bias is not None else 0
+        if family.ffn_out_norm:
+            total += sum(p.numel() for p in blocks[i].get_submodule(family.ffn_out_norm).parameters())
+    return total
 
 
 def next_grad_accum(current: int, floor: int, epochs: float) -> int:

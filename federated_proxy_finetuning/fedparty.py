@@ -488,15 +488,22 @@ class Server:
             if record["aligned"]:
                 result = self.align(r, rates)
                 record["align"] = {
-                    k: result[k] for k in ("steps", "effective_batch_size", "loss", "last_loss", "grad_accum_steps")
+                    k: result[k]
+                    for k in (
+                        "steps",
+                        "effective_batch_size",
+                        "loss",
+                        "last_loss",
+                        "grad_accum_steps",
+                        "changed_parameters",
+                    )
                 }
                 if acc.is_main_process:
                     from sub_model_construct.cli import atomic_write_json
 
                     atomic_write_json(self.s.run.path / "align" / f"round{r}.json", result)
-                from .align import ffn_state
-
-                self.pending_sync_bytes = state_bytes(ffn_state(self.s.client_model, self.sub_layers))
+                element = next(self.s.client_model.parameters()).element_size()
+                self.pending_sync_bytes = result["changed_parameters"] * element
             t4 = time.perf_counter()
             record["seconds"] = {"train": t1 - t0, "aggregate": t2 - t1, "eval": t3 - t2, "align": t4 - t3}
             # the FM carries the global adapter in the checkpoint (PEFT format, loadable on the FM)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated")  # before torch is imported
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside peft, not actionable
 
 import argparse
 import logging

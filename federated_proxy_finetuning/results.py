@@ -21,7 +21,7 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "flgo", "
 def run_name(args) -> str:
     """Run folder name from the key hyper-parameters (spec §4.12 pattern, with the effective batch)."""
     batch = args.per_device_train_batch_size * args.num_processes * args.gradient_accumulation_steps
-    aligning = 0 < args.align_interval < args.num_rounds
+    aligning = args.method == "pft" and 0 < args.align_interval < args.num_rounds
     name = (
         f"{args.method}-lr{args.learning_rate}-lst{args.lr_scheduler_type}-bs{batch}-e{args.num_epochs}"
         f"-rounds{args.num_rounds}-proportion{args.proportion}-lora-r{args.lora_rank}-alpha{args.lora_alpha}"

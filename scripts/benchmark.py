@@ -118,8 +118,11 @@ def main() -> int:
     fm = make_fm(args.family, L, args.hidden, args.ffn, args.heads, 2)
     sub = build_sub_model(fm, [0, L - 1], args.intermediate_rank)
     emulator = build_layer_drop_emulator(fm, 1, 1, max(1, (L - 2) // 2))
-    params = {"FM (FedPETuning)": encoder_layer_parameters(fm), "sub-FM (FedPFT)": encoder_layer_parameters(sub),
-              "emulator (FedOT)": encoder_layer_parameters(emulator)}  # before LoRA is injected
+    params = {
+        "FM (FedPETuning)": encoder_layer_parameters(fm),
+        "sub-FM (FedPFT)": encoder_layer_parameters(sub),
+        "emulator (FedOT)": encoder_layer_parameters(emulator),
+    }  # before LoRA is injected
     models = {
         "FM (FedPETuning)": with_lora(fm, family, range(L), args.lora_rank),
         "sub-FM (FedPFT)": with_lora(sub, family, range(L), args.lora_rank),

@@ -8,7 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 vision=0
-rounds=12
+rounds=40
 while [ $# -gt 0 ]; do
     case "$1" in
         --vision) vision=1 ;;
@@ -44,9 +44,9 @@ if [ "$vision" = 0 ]; then
             --per_device_train_batch_size 16 --gradient_accumulation_steps 1 --lora_rank 8 --lora_alpha 48
             --max_length 64 --eval_interval 1 --output_root "$out/fed-result" --task_root "$out/task"
             --cache_dir "$out/.cache" --overwrite True)
-    echo "== 2a. FedPFT (distilled sub-FM, neuron-level alignment every 4 rounds, p = 0.5)"
+    echo "== 2a. FedPFT (distilled sub-FM, neuron-level alignment every t = 10 rounds, p = 0.5)"
     $py federated_proxy_finetuning/fedtune.py "${common[@]}" --method pft --sub_model_checkpoint "$distilled" \
-        --align_interval 4 --align_epochs 0.1 --align_retained_ratio 0.5 --align_batch_size 16 \
+        --align_interval 10 --align_epochs 0.1 --align_retained_ratio 0.5 --align_batch_size 16 \
         --align_grad_accum_start 4 --align_grad_accum_min 1 --align_block_size 128 \
         --distill_dataset1_path datasets/bbc-corpus --distill_dataset2_path ''
     echo "== 2b. FedPETuning (LoRA on the full FM)"

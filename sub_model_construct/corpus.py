@@ -107,8 +107,8 @@ def corpus_name(paths: Sequence[str | None]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- text blocks
-def _blockify_batch(batch: dict, tokenizer, block_size: int) -> dict:
-    encoded = tokenizer(batch["text"], truncation=True, max_length=block_size)
+def _blockify_batch(batch: dict, tokenizer, block_size: int, truncate_at: int) -> dict:
+    encoded = tokenizer(batch["text"], truncation=True, max_length=truncate_at)
     keys = [k for k in encoded.keys() if k in ("input_ids", "attention_mask", "token_type_ids")]
     joined = {k: [t for seq in encoded[k] for t in seq] for k in keys}
     total = len(joined["input_ids"])
@@ -125,11 +125,13 @@ def text_blocks(
     cache_dir: str | None = None,
     map_batch_size: int = 5000,
     num_proc: int | None = None,
+    truncate_at: int = 512,
 ) -> datasets.Dataset:
-    """Tokenise each example (truncated at block_size), concatenate per map batch and cut into consecutive
-    `block_size` blocks, dropping the remainder (spec §3.1). Cached under `cache_dir` by content fingerprint."""
+    """Tokenise each example (truncated at `truncate_at` tokens: 512 in the reference, so a Wikipedia article gives
+    at most its first 512 tokens), concatenate per map batch and cut into consecutive `block_size` blocks, dropping
+    the remainder (spec §3.1). Cached under `cache_dir` by content fingerprint."""
     key = hashlib.sha1(
-        f"{corpus._fingerprint}-{tokenizer.name_or_path}-{len(tokenizer)}-{block_size}-{map_batch_size}".encode()
+        f"{corpus._fingerprint}-{tokenizer.name_or_path}-{len(tokenizer)}-{block_size}-{truncate_at}-{map_batch_size}".encode()
     ).hexdigest()[:16]
     target = Path(cache_dir) / f"blocks-{key}" if cache_dir else None
     if target is not None and (target / "dataset_info.json").exists():
@@ -139,7 +141,7 @@ def text_blocks(
         batched=True,
         batch_size=map_batch_size,
         remove_columns=corpus.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
+        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, "truncate_at": truncate_at},
         num_proc=num_proc,
         desc="tokenising corpus into blocks",
     )

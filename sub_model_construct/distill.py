@@ -84,6 +84,7 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
         a("--dataset1_config", default=None, help="load_dataset config name of the first corpus")
         a("--dataset2_config", default="20220301.en", help="load_dataset config name of the second corpus")
         a("--block_size", type=int, default=512, help="tokens per training block (spec §3.1)")
+        a("--max_seq_length", type=int, default=512, help="each corpus example is truncated to this many tokens first")
     a("--distill_alpha", type=float, default=0.0 if image else 1.0, help="weight of the FFN weight term (spec §3.3)")
     a(
         "--weight_term_grad",
@@ -261,7 +262,9 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
     if modality == "text":
         cache = args.cache_dir or str(Path(args.sub_model_dir) / ".cache")
         with accelerator.main_process_first():
-            blocks = corpus_lib.text_blocks(raw, tokenizer, args.block_size, cache, num_proc=args.num_proc)
+            blocks = corpus_lib.text_blocks(
+                raw, tokenizer, args.block_size, cache, num_proc=args.num_proc, truncate_at=args.max_seq_length
+            )
         blocks = blocks.shuffle(seed=args.seed)
         n_eval = min(args.eval_blocks, len(blocks) // 10)
         heldout, data = blocks.select(range(n_eval)), blocks.select(range(n_eval, len(blocks)))
