@@ -40,6 +40,7 @@ from sub_model_construct.distill_model import LayerKD, distillation_parameters, 
 from sub_model_construct.families import UnsupportedModelError, backbone, family_of
 from sub_model_construct.sub_model import (
     SubModelError,
+    build_layer_drop_emulator,
     build_sub_model,
     compressed_layers,
     distilled_name,
@@ -48,6 +49,7 @@ from sub_model_construct.sub_model import (
     mebi,
     save_sub_model,
     sub_model_name,
+    uniform_drop_plan,
     validate_construction,
 )
 from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, fetch, steps_for, to_device, train
@@ -64,6 +66,20 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model_checkpoint", required=True, help="FM folder (transformers format)")
     a("--layers_retained", type=int, nargs="*", default=[], help="layers whose FFN stays whole (paper: 0 11)")
+    a(
+        "--emulator_layers",
+        type=int,
+        default=0,
+        help="FedOT instead of FedPFT: keep this many middle layers by uniform layer drop (0 = FFN compression)",
+    )
+    a(
+        "--adapter_layers",
+        type=int,
+        nargs=2,
+        default=[1, 1],
+        metavar=("BOTTOM", "TOP"),
+        help="with --emulator_layers: bottom/top layers kept whole as the offsite-tuning adapters",
+    )
     a("--intermediate_rank", type=int, default=1024, help="FFN neurons kept per compressed layer, D' (paper: 768)")
     a("--qk_rank", type=int, default=None, help="must equal the hidden size: attention is not compressed (spec §2.4)")
     a("--distill", type=str2bool, default=False, help="run layer-level distillation after construction")
@@ -186,11 +202,18 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
             script = "distill_vit.py" if family.modality == "image" else "distill.py"
             raise UsageError(f"{args.model_checkpoint} is a {family.name} ({family.modality}) model: use {script}")
         qk_rank = config.hidden_size if args.qk_rank is None else args.qk_rank
-        validate_construction(config, args.layers_retained, args.intermediate_rank, qk_rank)
+        if args.emulator_layers:
+            uniform_drop_plan(config.num_hidden_layers, *args.adapter_layers, args.emulator_layers)
+        else:
+            validate_construction(config, args.layers_retained, args.intermediate_rank, qk_rank)
     except (UnsupportedModelError, SubModelError) as exc:
         raise UsageError(str(exc)) from exc
 
-    name = sub_model_name(args.model_checkpoint, args.layers_retained, qk_rank, args.intermediate_rank)
+    if args.emulator_layers:
+        bottom, top = args.adapter_layers
+        name = f"fedot-{os.path.basename(os.path.normpath(args.model_checkpoint))}-adapters{bottom}{top}-emulator{args.emulator_layers}"
+    else:
+        name = sub_model_name(args.model_checkpoint, args.layers_retained, qk_rank, args.intermediate_rank)
     sub_dir = Path(args.sub_model_dir) / name
     if not args.distill and args.output_dir:
         sub_dir = Path(args.output_dir)
@@ -245,7 +268,10 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
         logger.info("reusing sub-FM %s", sub_dir)
         sub = load_sub_model(sub_dir)
     else:
-        sub = build_sub_model(fm, args.layers_retained, args.intermediate_rank, qk_rank)
+        if args.emulator_layers:  # FedOT's layer-drop emulator (spec §4.13, an assumption)
+            sub = build_layer_drop_emulator(fm, *args.adapter_layers, args.emulator_layers)
+        else:
+            sub = build_sub_model(fm, args.layers_retained, args.intermediate_rank, qk_rank)
         if accelerator.is_main_process:
             save_sub_model(sub, sub_dir, {"fm_encoder_layer_parameters": fm_params, "fm": args.model_checkpoint})
         accelerator.wait_for_everyone()
