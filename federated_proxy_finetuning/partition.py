@@ -1,5 +1,5 @@
-"""Client partitions of the training split with flgo's own partitioners (spec §4.3), cached as
-`task/<name>/data.json` ({"0": {"data": [row indices]}, ...})."""
+"""Client partitions of the training split made by flgo's own partitioners and cached as
+`{root}/{task_dir_name}/data.json` = {"0": {"data": [row indices]}, ...} (spec §4.3)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,67 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from flgo.benchmark.toolkits.partition import DirichletPartitioner, DiversityPartitioner, IIDPartitioner
 
 from sub_model_construct.cli import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
 PARTITIONERS = ("iid", "dir", "div")
+DEFAULT_SEED = 1206  # spec §4.3: numpy is seeded with 1206 before partitioning
 
 
 class PartitionError(ValueError):
-    """A partition that cannot be made or a cache that does not fit the task."""
+    """A partition that cannot be made, or a cached partition that does not fit the task."""
 
 
 @contextlib.contextmanager
-def numpy_seed(seed: int):
-    """flgo draws from numpy's global RNG: seed it (spec §4.3: 1206) and restore the caller's state afterwards."""
+def numpy_seed(seed: int) -> Iterator[None]:
+    """flgo draws from numpy's global RNG: seed it (spec §4.3) and give the caller its own state back afterwards."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
         yield
     finally:
         np.random.set_state(state)
+
+
+def _check_arguments(
+    num_examples: int, num_clients: int, partitioner: str, dir_alpha: float, diversity: float, imbalance: float
+) -> None:
+    if partitioner not in PARTITIONERS:
+        raise PartitionError(f"unknown partitioner {partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
+    if not 1 <= num_clients <= num_examples:
+        raise PartitionError(
+            f"num_clients must be between 1 and the number of training examples ({num_examples}), got {num_clients}"
+        )
+    if partitioner == "dir" and not dir_alpha > 0:  # Dir(0) gives NaN proportions and flgo would redraw forever
+        raise PartitionError(f"dir_alpha must be positive for the dir partitioner, got {dir_alpha}")
+    if partitioner == "div" and not 0 < diversity <= 1:
+        raise PartitionError(f"diversity must be in (0, 1] for the div partitioner, got {diversity}")
+    if imbalance < 0:
+        raise PartitionError(f"imbalance must be non-negative, got {imbalance}")
+
+
+def _partitioner(num_classes: int, num_clients: int, partitioner: str, dir_alpha, diversity, imbalance):
+    """flgo's partitioner for the name (spec §4.3); the data handed to it is the dense label list."""
+    if partitioner == "iid":
+        return IIDPartitioner(num_clients=num_clients, imbalance=imbalance)
+    if partitioner == "dir":
+        return DirichletPartitioner(
+            num_clients=num_clients, alpha=dir_alpha, imbalance=imbalance, index_func=lambda X: list(X)
+        )
+    classes_per_client = max(int(diversity * num_classes), 1)  # flgo's rule (spec §4.3)
+    if classes_per_client * num_clients < num_classes:  # flgo would crash splitting an unowned class
+        raise PartitionError(
+            f"{num_clients} clients with {classes_per_client} of {num_classes} classes each cannot cover every "
+            f"class; use more clients or a larger diversity"
+        )
+    return DiversityPartitioner(num_clients=num_clients, diversity=diversity, index_func=lambda X: list(X))
 
 
 def make_partition(
@@ -40,34 +77,25 @@ def make_partition(
     dir_alpha: float = 1.0,
     diversity: float = 1.0,
     imbalance: float = 0.0,
-    seed: int = 1206,
+    seed: int = DEFAULT_SEED,
 ) -> list[list[int]]:
-    from flgo.benchmark.toolkits.partition import DirichletPartitioner, DiversityPartitioner, IIDPartitioner
-
-    if partitioner not in PARTITIONERS:
-        raise PartitionError(f"unknown partitioner {partitioner!r}; choose from {', '.join(PARTITIONERS)}")
-    if not 1 <= num_clients <= len(labels):
-        raise PartitionError(f"num_clients must be in 1..{len(labels)} (the training set size), got {num_clients}")
-    classes = {c: i for i, c in enumerate(sorted(set(labels)))}
-    dense = [classes[c] for c in labels]  # diversity expects labels 0..K-1
-    if partitioner == "iid":
-        chooser = IIDPartitioner(num_clients=num_clients, imbalance=imbalance)
-    elif partitioner == "dir":
-        chooser = DirichletPartitioner(
-            num_clients=num_clients, alpha=dir_alpha, imbalance=imbalance, index_func=lambda x: list(x)
-        )
-    else:
-        chooser = DiversityPartitioner(num_clients=num_clients, diversity=diversity, index_func=lambda x: list(x))
-    captured = io.StringIO()
-    with numpy_seed(seed), contextlib.redirect_stdout(captured):  # flgo prints its Dirichlet search progress
+    """Training-row indices per client from flgo's IID, Dirichlet or Diversity partitioner (spec §4.3),
+    drawn under `np.random.seed(seed)` without disturbing the caller's numpy RNG."""
+    _check_arguments(len(labels), num_clients, partitioner, dir_alpha, diversity, imbalance)
+    dense_id = {c: i for i, c in enumerate(sorted(set(labels)))}
+    dense = [dense_id[c] for c in labels]  # flgo's Diversity partitioner expects labels 0..K-1
+    chooser = _partitioner(len(dense_id), num_clients, partitioner, dir_alpha, diversity, imbalance)
+    flgo_output = io.StringIO()
+    with numpy_seed(seed), contextlib.redirect_stdout(flgo_output):  # the Dirichlet search prints "Error: ..."
         parts = chooser(dense)
-    if captured.getvalue():
-        logger.debug("flgo: %s", captured.getvalue().strip())
-    parts = [[int(i) for i in p] for p in parts]
-    empty = [c for c, p in enumerate(parts) if not p]
+    for line in flgo_output.getvalue().splitlines():
+        logger.debug("flgo %s: %s", partitioner, line)
+    parts = [[int(i) for i in part] for part in parts]
+    empty = [c for c, part in enumerate(parts) if not part]
     if empty:
         raise PartitionError(
-            f"client {empty[0]} received no data ({len(empty)} empty clients); use fewer clients or a larger --dir_alpha"
+            f"{len(empty)} of {num_clients} clients (first: client {empty[0]}) received no data; "
+            f"use fewer clients or a larger dir_alpha"
         )
     return parts
 
@@ -75,9 +103,24 @@ def make_partition(
 def task_dir_name(
     task_name: str, num_clients: int, partitioner: str, imbalance: float, dir_alpha: float, diversity: float
 ) -> str:
-    """spec §4.3: dataset{task}-c{N}-partition{iid|dir|div}-im{imbalance}-para{None|dir_alpha|diversity}."""
-    para = {"iid": None, "dir": dir_alpha, "div": diversity}.get(partitioner)
+    """spec §4.3: `dataset{task}-c{N}-partition{iid|dir|div}-im{imbalance}-para{None|dir_alpha|diversity}`."""
+    para = {"dir": dir_alpha, "div": diversity}.get(partitioner)
     return f"dataset{task_name}-c{num_clients}-partition{partitioner}-im{imbalance}-para{para}"
+
+
+def _read_cache(path: Path, num_clients: int, num_examples: int) -> list[list[int]]:
+    """The cached partition, checked against the task: `num_clients` entries of indices < `num_examples`."""
+    misfit = (
+        f"{path} does not fit this task ({num_examples} examples, {num_clients} clients); delete it to re-partition"
+    )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        parts = [[int(i) for i in raw[str(c)]["data"]] for c in range(len(raw))]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PartitionError(misfit) from exc
+    if len(parts) != num_clients or any(not 0 <= i < num_examples for part in parts for i in part):
+        raise PartitionError(misfit)
+    return parts
 
 
 def load_or_create_partition(
@@ -89,23 +132,19 @@ def load_or_create_partition(
     dir_alpha: float,
     diversity: float,
     imbalance: float,
-    seed: int,
+    seed: int = DEFAULT_SEED,
     write: bool = True,
 ) -> list[list[int]]:
-    """Reuse `{root}/{task_dir_name}/data.json` when present (checked against the task), else make and write it
-    atomically (only where `write`, i.e. on the main process)."""
+    """Reuse `{root}/{task_dir_name}/data.json` when present (spec §4.3: the partition is generated only once);
+    otherwise make it and, where `write` (the main process), write it atomically. Other processes compute the
+    same partition from the same seed."""
     folder = Path(root) / task_dir_name(task_name, num_clients, partitioner, imbalance, dir_alpha, diversity)
     cache = folder / "data.json"
-    if cache.exists():
-        raw = json.loads(cache.read_text())
-        parts = [raw[str(c)]["data"] for c in range(len(raw))]
-        if len(parts) != num_clients or any(i >= len(labels) or i < 0 for p in parts for i in p):
-            raise PartitionError(
-                f"{cache} does not fit this task ({len(labels)} examples, {num_clients} clients); "
-                f"delete it to re-partition"
-            )
-        return parts
+    if cache.is_file():
+        logger.info("reusing the client partition %s", cache)
+        return _read_cache(cache, num_clients, len(labels))
     parts = make_partition(labels, num_clients, partitioner, dir_alpha, diversity, imbalance, seed)
     if write:
-        atomic_write_text(cache, json.dumps({str(c): {"data": p} for c, p in enumerate(parts)}))
+        atomic_write_text(cache, json.dumps({str(c): {"data": part} for c, part in enumerate(parts)}))
+        logger.info("client partition written to %s", cache)
     return parts

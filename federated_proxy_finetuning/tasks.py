@@ -1,13 +1,15 @@
-"""Downstream tasks (spec §4.2): GLUE-style text classification, the embedded BBC task, image classification.
-Tokenisation happens once and is cached; metrics come from scikit-learn (spec §4.11)."""
+"""Downstream tasks (spec §4.2): GLUE-style text classification, the embedded BBC task and image classification,
+each returned as a `TaskData` the federated server and clients share. Metrics follow spec §4.11."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,40 +21,53 @@ from sub_model_construct.corpus import image_transform
 
 logger = logging.getLogger(__name__)
 
+FETCH_HINT = "run `bash scripts/fetch_assets.sh` to fetch it"
+EMBEDDED_TASKS = ("bbc", "mnist", "fashion-mnist")  # fetched by scripts/fetch_assets.sh (datasets/README.md)
+
 
 class TaskError(ValueError):
-    """A task that is unknown or whose data is missing or malformed."""
+    """A task that is unknown, or whose data is missing or malformed."""
 
 
 @dataclass(frozen=True)
 class TextTaskSpec:
-    keys: tuple[str, ...]  # text columns (one or a pair)
-    eval_splits: dict[str, str]  # metric prefix key -> split name
+    """One row of the text-task table (spec §4.2): text column(s), eval split(s) by metric-prefix key, metrics."""
+
+    keys: tuple[str, ...]
+    eval_splits: dict[str, str]
     metrics: tuple[str, ...] = ("accuracy",)
 
 
+_VALIDATION = {"": "validation"}
 TEXT_TASKS: dict[str, TextTaskSpec] = {
-    "sst2": TextTaskSpec(("sentence",), {"": "validation"}),
-    "cola": TextTaskSpec(("sentence",), {"": "validation"}),
-    "qnli": TextTaskSpec(("question", "sentence"), {"": "validation"}),
-    "rte": TextTaskSpec(("sentence1", "sentence2"), {"": "validation"}),
-    "wnli": TextTaskSpec(("sentence1", "sentence2"), {"": "validation"}),
-    "mrpc": TextTaskSpec(("sentence1", "sentence2"), {"": "validation"}, ("accuracy", "f1")),
-    "qqp": TextTaskSpec(("question1", "question2"), {"": "validation"}, ("accuracy", "f1")),
+    "sst2": TextTaskSpec(("sentence",), _VALIDATION),
+    "qnli": TextTaskSpec(("question", "sentence"), _VALIDATION),
+    # spec §4.2/§4.11: matched and mismatched are evaluated separately (eval_matched_*, eval_mismatched_*)
     "mnli": TextTaskSpec(
         ("premise", "hypothesis"), {"matched": "validation_matched", "mismatched": "validation_mismatched"}
     ),
-    # embedded default: BBC News headlines, 5 topics (ARCHITECTURE §4)
-    "bbc": TextTaskSpec(("text",), {"": "validation"}),
+    "qqp": TextTaskSpec(("question1", "question2"), _VALIDATION, ("accuracy", "f1")),
+    # best effort: the rest of GLUE's classification tasks, not used in the paper
+    "cola": TextTaskSpec(("sentence",), _VALIDATION),
+    "mrpc": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION, ("accuracy", "f1")),
+    "rte": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION),
+    "wnli": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION),
+    # embedded default: BBC News headlines, 5 topics (datasets/README.md)
+    "bbc": TextTaskSpec(("text",), _VALIDATION),
 }
+IMAGE_COLUMNS = ("image", "img")  # spec §4.2: `img` for CIFAR-10/100, `image` for Flowers-102 and the embedded MNIST
+FLOWERS_CLASSES = 102  # spec §4.2: hard-coded for a dataset path containing "flowers"
 
 
 @dataclass
 class TaskData:
+    """A downstream task ready for federated fine-tuning: clients get rows of `train` (partitioned by
+    `train_labels`), the server evaluates every `eval_splits` entry with `metric_names` (spec §4.2, §4.11)."""
+
     name: str
-    modality: str
+    modality: str  # "text" | "image"
     train: datasets.Dataset
-    eval_splits: dict[str, datasets.Dataset]
+    eval_splits: dict[str, datasets.Dataset]  # metric-prefix key ("" or "matched"/"mismatched") -> split
     num_labels: int
     id2label: dict[int, str]
     label2id: dict[str, int]
@@ -61,56 +76,177 @@ class TaskData:
     collate_fn: Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
+# ------------------------------------------------------------------------------------------------ metrics
 def eval_prefix(split_key: str) -> str:
-    """ "" -> "eval_", "matched" -> "eval_matched_" (spec §4.11)."""
+    """Metric-name prefix of an eval split (spec §4.11): "" -> "eval_", "matched" -> "eval_matched_"."""
     return f"eval_{split_key}_" if split_key else "eval_"
 
 
-def compute_metrics(preds: np.ndarray, labels: np.ndarray, metric_names) -> dict[str, float]:
+def compute_metrics(preds: np.ndarray, labels: np.ndarray, metric_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy and (binary, positive class 1) F1 of argmax predictions, as fractions in [0, 1] (spec §4.11).
+    F1 falls back to macro averaging if more than two classes occur."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    out = {}
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or labels.size == 0:
+        raise ValueError(f"predictions {preds.shape} and labels {labels.shape} must be equal-shaped and non-empty")
+    out: dict[str, float] = {}
     for name in metric_names:
         if name == "accuracy":
             out[name] = float(accuracy_score(labels, preds))
         elif name == "f1":
-            out[name] = float(f1_score(labels, preds, average="binary" if len(set(labels.tolist())) <= 2 else "macro"))
+            binary = set(np.union1d(preds, labels).tolist()) <= {0, 1}
+            out[name] = float(f1_score(labels, preds, average="binary" if binary else "macro", zero_division=0))
         else:
-            raise ValueError(f"unknown metric {name}")
+            raise ValueError(f"unknown metric {name!r}; supported: accuracy, f1")
     return out
 
 
-# ----------------------------------------------------------------------------------------------- loading
-def _load_dict(dataset_path: str, task_name: str) -> datasets.DatasetDict:
-    """{path}/{task} save_to_disk folder, {path} itself, or load_dataset(path, task) (the reference layout)."""
-    candidates = [Path(dataset_path) / task_name, Path(dataset_path)]
-    for folder in candidates:
-        if (folder / "dataset_dict.json").exists():
-            return datasets.load_from_disk(str(folder))
-    if not Path(dataset_path).exists():
-        hint = " (run `bash scripts/fetch_assets.sh`)" if task_name in ("bbc", "mnist") else ""
-        raise TaskError(f"dataset folder {dataset_path} not found{hint}")
-    try:
-        return datasets.load_dataset(dataset_path, task_name)
-    except Exception as exc:  # datasets raises several types for unreadable folders
-        raise TaskError(f"no dataset for task {task_name!r} under {dataset_path}: {exc}") from exc
+# ------------------------------------------------------------------------------------------------ shared helpers
+def _is_saved_dict(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file()
 
 
-def _label_names(split: datasets.Dataset, label: str) -> list[str]:
-    feature = split.features[label]
-    if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names)
-    values = sorted(set(split[label]))
-    return [str(v) for v in range(max(values) + 1)]
-
-
-def _check_columns(data: datasets.DatasetDict, splits, columns, where: str) -> None:
+def _check_splits(data: datasets.DatasetDict, splits: Sequence[str], columns: Sequence[str], where: str) -> None:
+    missing_splits = [s for s in splits if s not in data]
+    if missing_splits:
+        raise TaskError(f"{where} lacks split(s) {', '.join(missing_splits)} (it has {', '.join(data) or 'none'})")
     for split in splits:
-        if split not in data:
-            raise TaskError(f"{where} has no split {split!r} (has {', '.join(data)})")
         missing = [c for c in columns if c not in data[split].column_names]
         if missing:
-            raise TaskError(f"{where} split {split!r} lacks column(s) {', '.join(missing)}")
+            raise TaskError(
+                f"{where} split {split!r} lacks column(s) {', '.join(missing)} "
+                f"(it has {', '.join(data[split].column_names)})"
+            )
+
+
+def _label_names(data: datasets.DatasetDict, label: str, splits: Sequence[str], default_count: int = 0) -> list[str]:
+    """Class names from the ClassLabel feature; else str(i) for integer labels (spec §4.2)."""
+    feature = data[splits[0]].features[label]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    values = {int(v) for s in splits for v in data[s][label]}
+    if min(values, default=0) < 0:
+        raise TaskError(f"label column {label!r} holds negative values (unlabelled rows?); use labelled splits only")
+    count = max(default_count, max(values, default=-1) + 1)
+    return [str(i) for i in range(count)]
+
+
+def _encode_string_labels(data: datasets.DatasetDict, label: str, splits: Sequence[str]) -> datasets.DatasetDict:
+    """String labels become a ClassLabel over the sorted union of all splits' values (consistent ids)."""
+    feature = data[splits[0]].features[label]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        names = sorted({str(v) for s in splits for v in data[s][label]})
+        data = datasets.DatasetDict({s: data[s].cast_column(label, datasets.ClassLabel(names=names)) for s in splits})
+    return data
+
+
+def _mapping(names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    return dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+
+
+# ------------------------------------------------------------------------------------------------ text tasks
+def _load_text_dict(dataset_path: str, task_name: str) -> datasets.DatasetDict:
+    """Loading order (spec §4.2): `{path}/{task}` save_to_disk folder, `{path}` itself as a save_to_disk
+    DatasetDict, then `load_dataset(path, task)` (the reference's `../datasets/glue` + config layout)."""
+    root = Path(dataset_path)
+    for folder in (root / task_name, root):
+        if _is_saved_dict(folder):
+            return datasets.load_from_disk(str(folder))
+    hint = f"; {FETCH_HINT}" if task_name in EMBEDDED_TASKS else ""
+    if not root.exists():
+        raise TaskError(f"dataset folder {root / task_name} not found (nor {root}){hint}")
+    try:
+        loaded = datasets.load_dataset(str(root), task_name)
+    except Exception as exc:  # datasets raises many types for folders it cannot read
+        logger.debug("load_dataset(%s, %s) failed", root, task_name, exc_info=True)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TaskError(
+            f"no data for task {task_name!r}: {root / task_name} is not a save_to_disk folder and "
+            f"load_dataset({str(root)!r}, {task_name!r}) failed ({first_line}){hint}"
+        ) from exc
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise TaskError(f"{root} holds a single split; expected a DatasetDict with train and eval splits")
+    return loaded
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """A stable digest of what the tokenizer does. The backend's truncation/padding state is left out: it
+    changes with every call, which is also why `datasets`' own hash of a tokenizer is not stable."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha1(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()
+
+
+def _cache_folder(
+    cache_dir: str, task_name: str, raw: datasets.DatasetDict, keys: Sequence[str], tokenizer, max_length: int
+) -> Path:
+    """`cache_dir/<task>-<tokenizer basename>-<max_length>-<hash>`; the hash covers the dataset fingerprints,
+    the text columns and the tokenizer, so a changed dataset or tokenizer never reuses a stale cache."""
+    fingerprints = {split: raw[split]._fingerprint for split in raw}
+    digest = hashlib.sha1(
+        json.dumps([fingerprints, list(keys), _tokenizer_fingerprint(tokenizer)], sort_keys=True).encode()
+    ).hexdigest()[:12]
+    tokenizer_name = os.path.basename(os.path.normpath(str(tokenizer.name_or_path or ""))) or "tokenizer"
+    return Path(cache_dir) / f"{task_name}-{tokenizer_name}-{max_length}-{digest}"
+
+
+def _tokenize(raw: datasets.DatasetDict, keys: Sequence[str], tokenizer, max_length: int, task_name: str):
+    """spec §4.2: truncation to max_length, no padding at map time (the collator pads per batch); the text
+    columns go, `labels` stays next to input_ids, attention_mask (+ token_type_ids for BERT)."""
+
+    def encode(batch: dict) -> dict:
+        return tokenizer(*[batch[k] for k in keys], truncation=True, max_length=max_length)
+
+    # keep_in_memory: datasets would otherwise write its cache next to the source arrow files (our own cache
+    # below is the one that is reused)
+    return raw.map(encode, batched=True, remove_columns=list(keys), keep_in_memory=True, desc=f"tokenising {task_name}")
+
+
+def _save_atomically(data: datasets.DatasetDict, target: Path) -> None:
+    """Write to a temp folder beside `target`, then rename, so a crash or a concurrent writer never leaves a
+    half-written cache behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        data.save_to_disk(str(tmp))
+        os.replace(tmp, target)
+    except OSError:
+        if not _is_saved_dict(target):
+            raise
+        logger.debug("another process wrote %s first", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tokenize_cached(raw, keys, tokenizer, max_length, cache_dir, task_name) -> datasets.DatasetDict:
+    if cache_dir is None:
+        return _tokenize(raw, keys, tokenizer, max_length, task_name)
+    target = _cache_folder(cache_dir, task_name, raw, keys, tokenizer, max_length)
+    if _is_saved_dict(target):
+        logger.info("reusing tokenised %s from %s", task_name, target)
+    else:
+        _save_atomically(_tokenize(raw, keys, tokenizer, max_length, task_name), target)
+        logger.info("tokenised %s cached at %s", task_name, target)
+    return datasets.load_from_disk(str(target))  # memory-mapped, identical on first and later loads
+
+
+def text_collator(tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Dynamic padding per batch (spec §4.2: DataCollatorWithPadding); returns a plain dict with `labels`."""
+    from transformers import DataCollatorWithPadding
+
+    pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        return dict(pad(rows))
+
+    return collate
 
 
 def load_text_task(
@@ -121,67 +257,80 @@ def load_text_task(
     cache_dir: str | None = None,
     label_name: str = "label",
 ) -> TaskData:
+    """A GLUE-style or the embedded BBC text task, tokenised once (and cached under `cache_dir`) (spec §4.2)."""
     if task_name not in TEXT_TASKS:
         raise TaskError(f"unknown text task {task_name!r}; supported: {', '.join(sorted(TEXT_TASKS))}")
     spec = TEXT_TASKS[task_name]
-    raw = _load_dict(dataset_path, task_name)
+    raw = _load_text_dict(dataset_path, task_name)
     splits = ["train", *spec.eval_splits.values()]
-    _check_columns(raw, splits, [*spec.keys, label_name], f"dataset {dataset_path} ({task_name})")
-    names = _label_names(raw["train"], label_name)
-    raw = datasets.DatasetDict({s: raw[s] for s in splits})
-    tokenized = _tokenize_cached(raw, spec.keys, label_name, tokenizer, max_length, cache_dir, task_name)
-    from transformers import DataCollatorWithPadding
-
-    collator = DataCollatorWithPadding(tokenizer)
+    _check_splits(raw, splits, [*spec.keys, label_name], f"dataset {dataset_path} ({task_name})")
+    raw = datasets.DatasetDict({s: raw[s].select_columns([*spec.keys, label_name]) for s in splits})
+    raw = _encode_string_labels(raw, label_name, splits)
+    id2label, label2id = _mapping(_label_names(raw, label_name, splits))
+    if label_name != "labels":
+        raw = raw.rename_column(label_name, "labels")
+    tokenized = _tokenize_cached(raw, spec.keys, tokenizer, max_length, cache_dir, task_name)
     return TaskData(
         name=task_name,
         modality="text",
         train=tokenized["train"],
-        eval_splits={k: tokenized[s] for k, s in spec.eval_splits.items()},
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        train_labels=list(tokenized["train"]["labels"]),
+        eval_splits={key: tokenized[split] for key, split in spec.eval_splits.items()},
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id=label2id,
+        train_labels=[int(v) for v in tokenized["train"]["labels"]],
         metric_names=spec.metrics,
-        collate_fn=collator,
+        collate_fn=text_collator(tokenizer),
     )
 
 
-def _tokenize_cached(raw, keys, label_name, tokenizer, max_length, cache_dir, task_name) -> datasets.DatasetDict:
-    def encode(batch):
-        return tokenizer(*[batch[k] for k in keys], truncation=True, max_length=max_length)
-
-    fingerprint = "-".join(raw[s]._fingerprint for s in raw)
-    key = hashlib.sha1(f"{fingerprint}-{tokenizer.name_or_path}-{len(tokenizer)}-{max_length}".encode()).hexdigest()[
-        :12
-    ]
-    target = (
-        Path(cache_dir) / f"{task_name}-{os.path.basename(str(tokenizer.name_or_path))}-{max_length}-{key}"
-        if cache_dir
-        else None
-    )
-    if target is not None and (target / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(target))
-    keep = {label_name}
-    out = raw.map(
-        encode,
-        batched=True,
-        desc=f"tokenising {task_name}",
-        remove_columns=[c for c in raw["train"].column_names if c not in keep],
-    )
-    if label_name != "labels":
-        out = out.rename_column(label_name, "labels")
-    if target is not None:
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        out.save_to_disk(str(tmp))
-        os.replace(tmp, target)
-        out = datasets.load_from_disk(str(target))
-    return out
+# ------------------------------------------------------------------------------------------------ image tasks
+def _load_image_dict(dataset_path: str) -> datasets.DatasetDict:
+    root = Path(dataset_path)
+    if not root.exists():
+        hint = f"; for the embedded MNIST {FETCH_HINT}" if root.name in EMBEDDED_TASKS else ""
+        raise TaskError(f"image dataset folder {root} not found{hint}")
+    try:
+        loaded = datasets.load_from_disk(str(root)) if _is_saved_dict(root) else datasets.load_dataset(str(root))
+    except Exception as exc:  # datasets raises many types for folders it cannot read
+        logger.debug("loading %s failed", root, exc_info=True)
+        raise TaskError(f"{root} is neither a save_to_disk DatasetDict nor loadable with load_dataset") from exc
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise TaskError(f"{root} holds a single split; expected a DatasetDict with train and test splits")
+    return loaded
 
 
-# ----------------------------------------------------------------------------------------------- images
-IMAGE_COLUMNS = ("image", "img")
+def _image_column(train: datasets.Dataset, requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    for name in IMAGE_COLUMNS:
+        if name in train.column_names:
+            return name
+    typed = [n for n, f in train.features.items() if isinstance(f, datasets.Image)]
+    if not typed:
+        raise TaskError(f"no image column found (looked for {', '.join(IMAGE_COLUMNS)} or an Image feature)")
+    return typed[0]
+
+
+def _normalisation(stats, num_channels: int | None) -> tuple[list[float], list[float], int]:
+    """Mean/std from a transformers image processor or a dict, fitted to the model's channel count."""
+    get = stats.get if isinstance(stats, dict) else lambda key, default=None: getattr(stats, key, default)
+    mean, std = [float(v) for v in get("image_mean")], [float(v) for v in get("image_std")]
+    channels = num_channels or get("num_channels", None) or len(mean)
+    if len(mean) == channels:
+        return mean, std, channels
+    if len(mean) == 1:  # one value for every channel
+        return mean * channels, std * channels, channels
+    if channels == 1:  # RGB statistics for a grayscale model: use their average
+        return [sum(mean) / len(mean)], [sum(std) / len(std)], 1
+    raise TaskError(f"image statistics have {len(mean)} channels but the model expects {channels}")
+
+
+def _image_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "labels": torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long),
+    }
 
 
 def load_image_task(
@@ -193,56 +342,43 @@ def load_image_task(
     hflip: bool = True,
     num_channels: int | None = None,
 ) -> TaskData:
-    """Train split for clients, `test` (else `validation`) for the server (spec §4.2 CV)."""
-    name = os.path.basename(os.path.normpath(dataset_path))
-    if not Path(dataset_path).exists():
-        raise TaskError(f"dataset folder {dataset_path} not found (embedded MNIST: run `bash scripts/fetch_assets.sh`)")
-    try:
-        raw = (
-            datasets.load_from_disk(dataset_path)
-            if (Path(dataset_path) / "dataset_dict.json").exists()
-            else datasets.load_dataset(dataset_path)
-        )
-    except Exception as exc:
-        raise TaskError(f"{dataset_path} is not a readable image dataset: {exc}") from exc
-    eval_split = "test" if "test" in raw else "validation"
-    column = image_column or next((c for c in IMAGE_COLUMNS if "train" in raw and c in raw["train"].column_names), None)
-    if column is None:
-        raise TaskError(f"{dataset_path} has no image column (looked for {', '.join(IMAGE_COLUMNS)})")
-    _check_columns(raw, ["train", eval_split], [column, label_name], f"dataset {dataset_path}")
-    stats = image_processor_or_stats
-    mean = stats["image_mean"] if isinstance(stats, dict) else stats.image_mean
-    std = stats["image_std"] if isinstance(stats, dict) else stats.image_std
-    channels = num_channels or (stats.get("num_channels", len(mean)) if isinstance(stats, dict) else len(mean))
-    mean, std = list(mean)[:channels], list(std)[:channels]
-    names = _label_names(raw["train"], label_name)
-    train_tf = image_transform(image_size, mean, std, channels, train=True, hflip=hflip)
-    eval_tf = image_transform(image_size, mean, std, channels, train=False)
+    """Train split for clients, `test` (else `validation`) for the server, transformed lazily (spec §4.2 CV).
 
-    def apply(transform):
-        def batch_transform(batch):
+    Train: RandomResizedCrop + RandomHorizontalFlip (`hflip`; the reference flips digits too) + ToTensor +
+    Normalize; eval: Resize + CenterCrop + ToTensor + Normalize. Random draws use torch's global RNG, so the
+    caller's seeding makes them reproducible. Images are converted to `num_channels` (default: the stats'
+    "num_channels", else the length of image_mean)."""
+    root = Path(dataset_path)
+    raw = _load_image_dict(dataset_path)
+    eval_split = next((s for s in ("test", "validation") if s in raw), None)
+    if eval_split is None or "train" not in raw:
+        raise TaskError(f"dataset {root} needs a train split and a test or validation split (it has {', '.join(raw)})")
+    column = _image_column(raw["train"], image_column)
+    _check_splits(raw, ["train", eval_split], [column, label_name], f"dataset {root}")
+    raw = _encode_string_labels(raw, label_name, ["train", eval_split])
+    flowers = "flowers" in str(root).lower()
+    names = _label_names(raw, label_name, ["train", eval_split], FLOWERS_CLASSES if flowers else 0)
+    id2label, label2id = _mapping(names)
+    mean, std, channels = _normalisation(image_processor_or_stats, num_channels)
+    train_labels = [int(v) for v in raw["train"][label_name]]  # before the transform: no image decoding
+
+    def lazily(transform):
+        def apply(batch: dict) -> dict:
             return {"pixel_values": [transform(img) for img in batch[column]], "labels": batch[label_name]}
 
-        return batch_transform
+        return apply
 
-    train = raw["train"].with_transform(apply(train_tf))
-    evaluation = raw[eval_split].with_transform(apply(eval_tf))
-
-    def collate(rows):
-        return {
-            "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows]),
-        }
-
+    train_tf = image_transform(image_size, mean, std, channels, train=True, hflip=hflip)
+    eval_tf = image_transform(image_size, mean, std, channels, train=False)
     return TaskData(
-        name=name,
+        name=root.name or str(root),
         modality="image",
-        train=train,
-        eval_splits={"": evaluation},
+        train=raw["train"].with_transform(lazily(train_tf)),
+        eval_splits={"": raw[eval_split].with_transform(lazily(eval_tf))},
         num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        train_labels=list(raw["train"][label_name]),
+        id2label=id2label,
+        label2id=label2id,
+        train_labels=train_labels,
         metric_names=("accuracy",),
-        collate_fn=collate,
+        collate_fn=_image_collate,
     )
