@@ -6,7 +6,7 @@ names of the pinned transformers 5.x. Adding a family means adding a row here an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -31,29 +31,21 @@ class Family:
         return f"{self.layers}.{index}"
 
 
+_BERT = Family(
+    name="bert",
+    layers="encoder.layer",
+    ffn_in="intermediate.dense",
+    ffn_out="output.dense",
+    ffn_out_norm="output.LayerNorm",
+    attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+    head="classifier",
+    modality="text",
+    ffn_dropout="output.dropout",
+)
+
 FAMILIES: dict[str, Family] = {
-    "bert": Family(
-        name="bert",
-        layers="encoder.layer",
-        ffn_in="intermediate.dense",
-        ffn_out="output.dense",
-        ffn_out_norm="output.LayerNorm",
-        attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
-        head="classifier",
-        modality="text",
-        ffn_dropout="output.dropout",
-    ),
-    "roberta": Family(
-        name="roberta",
-        layers="encoder.layer",
-        ffn_in="intermediate.dense",
-        ffn_out="output.dense",
-        ffn_out_norm="output.LayerNorm",
-        attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
-        head="classifier",
-        modality="text",
-        ffn_dropout="output.dropout",
-    ),
+    "bert": _BERT,
+    "roberta": replace(_BERT, name="roberta"),  # same module names; the head differs but is also `classifier`
     "vit": Family(
         name="vit",
         layers="layers",
