@@ -169,6 +169,7 @@ def align(
     saved_flags = {id(p): p.requires_grad for m in (teacher, student) for p in m.parameters()}
     was_training = (teacher.training, student.training)
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # random crops/flips of an image corpus draw from the global RNG
     frozen = {}
     if rates is not None and config.retained_ratio > 0:
         frozen = {i: split_neurons(rates[i], config.retained_ratio, generator)[0] for i in layers}

@@ -49,11 +49,15 @@ def _load_text_files(files: Sequence[Path]) -> datasets.Dataset:
         if f.suffix == ".jsonl":
             with f.open(encoding="utf-8") as handle:
                 for n, line in enumerate(handle, 1):
-                    if line.strip():
+                    if not line.strip():
+                        continue
+                    try:
                         record = json.loads(line)
-                        if "text" not in record:
-                            raise CorpusError(f"{f}:{n} has no 'text' field")
-                        texts.append(record["text"])
+                    except json.JSONDecodeError as exc:
+                        raise CorpusError(f"{f}:{n} is not valid JSON ({exc.msg})") from exc
+                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                        raise CorpusError(f"{f}:{n} has no 'text' string field")
+                    texts.append(record["text"])
         else:
             texts.extend(line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
     return datasets.Dataset.from_dict({"text": texts})

@@ -160,6 +160,8 @@ def _check_args(args, modality: str) -> None:
             raise UsageError(f"--{name} must be positive")
     if args.learning_rate <= 0 or args.distill_epoch <= 0:
         raise UsageError("--learning_rate and --distill_epoch must be positive")
+    if modality == "text" and (args.block_size <= 0 or args.max_seq_length <= 0):
+        raise UsageError("--block_size and --max_seq_length must be positive")
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
         cpu=args.cpu or not torch.cuda.is_available(), mixed_precision="bf16" if args.bf16 else "no"
     )
     setup_logging(accelerator.is_main_process)
+    torch.manual_seed(args.seed)  # image crops and flips draw from torch's global RNG
     config = AutoConfig.from_pretrained(args.model_checkpoint)
     try:
         family = family_of(config)
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
             uniform_drop_plan(config.num_hidden_layers, *args.adapter_layers, args.emulator_layers)
         else:
             validate_construction(config, args.layers_retained, args.intermediate_rank, qk_rank)
+            if args.distill and len(args.layers_retained) == config.num_hidden_layers:
+                raise UsageError("--distill True with every layer in --layers_retained: no compressed layer to distil")
     except (UnsupportedModelError, SubModelError) as exc:
         raise UsageError(str(exc)) from exc
 
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
         sub = load_sub_model(ckpt)
         resume_state = torch.load(ckpt / "training_state.pt", weights_only=False)
         start_step = resume_state["step"]
+        torch.set_rng_state(resume_state["torch_rng"])
         logger.info("resuming from %s (step %d)", ckpt, start_step)
     elif out.exists() and accelerator.is_main_process:
         shutil.rmtree(out)
@@ -358,7 +364,12 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
             ckpt_dir = out / f"checkpoint-{step}"
             save_sub_model(sub, ckpt_dir)
             torch.save(
-                {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
                 ckpt_dir / "training_state.pt",
             )
 

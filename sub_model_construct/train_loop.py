@@ -2,7 +2,9 @@
 
 An optimiser step consumes one *effective batch* of `effective_batch_size` examples drawn from a seeded permutation.
 It is cut into micro-batches of `micro_batch_size`; gradients are accumulated with each micro-batch weighted by its
-share of the effective batch, so the step's gradient is the mean over the effective batch however it is cut.
+share of the effective batch. For a loss that averages over examples (client cross-entropy) the step's gradient is
+then the mean over the effective batch however it is cut; the distillation loss normalises by each micro-batch's
+teacher mean square (as the reference's per-device batches do), so there the cut matters slightly.
 With `data_parallel` set, process p computes micro-batches p, p+W, ... and the gradients are summed across processes:
 the update equals the single-process one (to float tolerance). That is how the reference's
 "per-device batch x processes x accumulation" effective batch keeps its meaning here (spec §5).
