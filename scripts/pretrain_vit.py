@@ -1,8 +1,12 @@
-"""Pretrain the small ViT FM of the vision path on Fashion-MNIST (it stands in for ImageNet pretraining: no ViT
-weights can be fetched offline). Saves the backbone (ViTModel with pooler) and an image processor, so that
-AutoModelForImageClassification.from_pretrained(out, num_labels=...) gets a fresh head.
+"""Pretrain the small ViT FM of the vision path on Fashion-MNIST train. It stands in for ImageNet pretraining: no ViT
+weights can be fetched offline. The folder written holds the backbone (a ViTModel with pooler, safetensors) and a
+ViTImageProcessor (mean 0.5, std 0.5), so that AutoModel.from_pretrained(out) loads with no missing keys and
+AutoModelForImageClassification.from_pretrained(out, num_labels=...) gets a fresh head. The measured test accuracy of
+the trained classifier, the epochs, the wall time and the seed go to README.md and pretrain_info.json there; a
+`.complete` marker is written last (scripts/fetch_assets.sh skips the folder when it has one).
 
     python scripts/pretrain_vit.py --data datasets/fashion-mnist --out pretrain_models/vit-tiny-fashion-mnist
+    python scripts/pretrain_vit.py --max_steps 5 --out /tmp/vit-check          # quick check
 """
 
 from __future__ import annotations
@@ -11,59 +15,90 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
+import numpy as np
+
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated")  # printed by torch.cuda on import
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+MEAN, STD = 0.5, 0.5
+# measured on 2 CPU cores (AMD EPYC, otherwise idle): 1 epoch = 469 steps of 128 at about 0.67 s each; the whole run
+# (data, training, test, saving) took 5.6 minutes and reached 0.727 Fashion-MNIST test accuracy (seed 0)
+DEFAULT_EPOCHS = 1.0
 
 
-def tensors(split, normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-
-    images = np.stack([np.asarray(img, dtype=np.uint8) for img in split["image"]])
-    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    if normalise:
-        x = (x - 0.5) / 0.5
-    return x, torch.tensor(split["label"])
+def tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) float images normalised with MEAN/STD, (N,) labels."""
+    images = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in split["image"]])
+    x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
+    return (x - MEAN) / STD, torch.tensor(split["label"], dtype=torch.long)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with 2-pixel padding and horizontal flip, batched."""
-    b = x.shape[0]
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
-    dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
-    x = padded[:, :, dy : dy + 28, dx : dx + 28]
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Per image: random crop of the image padded by `pad` pixels of background, and a horizontal flip."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=(0.0 - MEAN) / STD)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (b, h, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (b, 1, w)
     flip = torch.rand(b, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
+    return padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(pixel_values=x[start : start + batch_size]).logits
+        correct += (logits.argmax(-1) == y[start : start + batch_size]).sum().item()
+    return correct / len(x)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="datasets/fashion-mnist")
+    p.add_argument("--data", default="datasets/fashion-mnist", help="save_to_disk folder with train and test")
     p.add_argument("--out", default="pretrain_models/vit-tiny-fashion-mnist")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the 60k images (about 6 minutes on 2 cores)")
+    p.add_argument(
+        "--epochs", type=float, default=DEFAULT_EPOCHS, help="passes over the 60k training images (fractions allowed)"
+    )
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--max_steps", type=int, default=0, help="stop early (quick checks)")
+    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--warmup_ratio", type=float, default=0.05)
+    p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (quick checks); 0: no limit")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    started = time.perf_counter()
+
+    import transformers
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel, get_scheduler
 
     import datasets
 
+    transformers.utils.logging.disable_progress_bar()
+
     if not (Path(args.data) / "dataset_dict.json").exists():
         print(f"error: {args.data} not found; run bash scripts/fetch_assets.sh", file=sys.stderr)
         return 2
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    datasets.disable_progress_bars()
     data = datasets.load_from_disk(args.data)
     x_train, y_train = tensors(data["train"])
     x_test, y_test = tensors(data["test"])
     names = data["train"].features["label"].names
-    config = ViTConfig(
+    architecture = dict(
         image_size=28,
         patch_size=4,
         num_channels=1,
@@ -71,22 +106,28 @@ def main() -> int:
         num_hidden_layers=6,
         num_attention_heads=3,
         intermediate_size=768,
+    )
+    backbone_config = ViTConfig(**architecture)
+    config = ViTConfig(
+        **architecture,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
     )
     model = ViTForImageClassification(config)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    total = math.ceil(args.epochs * steps_per_epoch)
-    if args.max_steps:
+    total = max(1, math.ceil(args.epochs * steps_per_epoch))
+    if args.max_steps > 0:
         total = min(total, args.max_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.05)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, total // 20), num_training_steps=total)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=max(1, round(total * args.warmup_ratio)), num_training_steps=total
+    )
     generator = torch.Generator().manual_seed(args.seed)
-    started = time.perf_counter()
+    train_started = time.perf_counter()
     model.train()
     step = 0
-    bar = tqdm(total=total, desc="pretrain ViT")
+    bar = tqdm(total=total, desc="pretrain ViT", mininterval=5)
     while step < total:
         order = torch.randperm(len(x_train), generator=generator)
         for start in range(0, len(order), args.batch_size):
@@ -101,48 +142,70 @@ def main() -> int:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(x_test), 512):
-            logits = model(pixel_values=x_test[start : start + 512]).logits
-            correct += (logits.argmax(-1) == y_test[start : start + 512]).sum().item()
-    accuracy = correct / len(x_test)
-    seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - train_started
+    test_accuracy = accuracy(model, x_test, y_test)
+
+    # the backbone with a pooler: trained vit.* weights (strict), the pooler keeps its seeded initialisation
+    torch.manual_seed(args.seed)
+    backbone = ViTModel(backbone_config, add_pooling_layer=True)
+    missing, unexpected = backbone.load_state_dict(model.vit.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        raise RuntimeError(f"backbone weights do not match: missing {missing}, unexpected {unexpected}")
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    backbone = ViTModel(
-        ViTConfig(**{k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}),
-        add_pooling_layer=True,
-    )
-    missing, unexpected = backbone.load_state_dict(model.vit.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("pooler.") for k in missing), (missing, unexpected)
     backbone.save_pretrained(tmp)
     ViTImageProcessor(
-        size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5], do_resize=False
+        do_resize=False, size={"height": 28, "width": 28}, image_mean=[MEAN], image_std=[STD]
     ).save_pretrained(tmp)
+    seconds = time.perf_counter() - started
+    epochs_done = step / steps_per_epoch
     info = {
-        "fashion_mnist_test_accuracy": accuracy,
-        "epochs": args.epochs,
+        "stands_in_for": "ImageNet pretraining (no ViT weights can be fetched offline)",
+        "data": "Fashion-MNIST train (60,000 images); accuracy on Fashion-MNIST test (10,000)",
+        "fashion_mnist_test_accuracy": round(test_accuracy, 4),
+        "epochs": round(epochs_done, 4),
         "steps": step,
-        "seconds": seconds,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "schedule": f"AdamW, weight decay {args.weight_decay}, linear warmup {args.warmup_ratio:.0%}, cosine decay",
+        "augmentation": "random crop with 2-pixel padding, horizontal flip",
+        "normalisation": {"mean": MEAN, "std": STD},
         "seed": args.seed,
-        "architecture": "ViT 6 layers, hidden 192, 3 heads, FFN 768, patch 4, 28x28x1",
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(seconds, 1),
+        "torch_threads": threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "torch": torch.__version__,
+        "architecture": "ViT: 6 layers, hidden 192, 3 heads, FFN 768, patch 4, 28x28x1 input; backbone with pooler",
     }
     (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (tmp / "README.md").write_text(
-        "# vit-tiny-fashion-mnist\n\nA small ViT (6 layers, hidden 192, FFN 768, patch 4 on 28x28x1) pretrained by "
-        "`scripts/pretrain_vit.py` on Fashion-MNIST train. It stands in for ImageNet pretraining, because no ViT "
-        f"weights can be fetched offline.\n\nFashion-MNIST test accuracy: {accuracy:.4f} after {step} steps "
-        f"({args.epochs} epochs, seed {args.seed}, {seconds:.0f} s on this machine). The folder holds the backbone "
-        "(ViTModel with pooler); the classification head is not included.\n"
+        "# vit-tiny-fashion-mnist\n\n"
+        "A small ViT (6 layers, hidden 192, 3 heads, FFN 768, patch 4 on 28×28×1 images, dropout defaults) pretrained "
+        "from scratch by `scripts/pretrain_vit.py` as a 10-class classifier on Fashion-MNIST train. **It stands in for "
+        "ImageNet pretraining** (the paper's ViT-base is pretrained on ImageNet), because no ViT weights can be "
+        "fetched offline.\n\n"
+        f"- Fashion-MNIST test accuracy of the trained classifier: **{test_accuracy:.4f}** (10,000 test images)\n"
+        f"- training: {epochs_done:.2f} epochs ({step} steps of {args.batch_size}), AdamW lr {args.learning_rate} "
+        f"with warmup and cosine decay, random crop (padding 2) and horizontal flip, seed {args.seed}\n"
+        f"- wall time: {seconds:.0f} s in all ({train_seconds:.0f} s training) on {info['machine']}, "
+        f"{threads} torch threads\n\n"
+        "The folder holds the backbone (`ViTModel` with pooler; the pooler is not trained) and a `ViTImageProcessor` "
+        f"(mean {MEAN}, std {STD}, 28×28, no resizing). The classification head is not included: "
+        "`AutoModelForImageClassification.from_pretrained(folder, num_labels=...)` adds a fresh one.\n"
     )
+    for path in tmp.iterdir():
+        path.chmod(0o644)  # safetensors writes 0600
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    print(f"[assets] ViT FM: Fashion-MNIST test accuracy {accuracy:.4f}, {step} steps, {seconds:.0f} s -> {out}")
+    (out / ".complete").write_text("")
+    print(
+        f"[assets] {out}: Fashion-MNIST test accuracy {test_accuracy:.4f} after {epochs_done:.2f} epochs "
+        f"({step} steps), {seconds:.0f} s"
+    )
     return 0
 
 
