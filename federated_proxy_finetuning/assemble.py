@@ -63,6 +63,7 @@ def load_task(args, modality: str):
             size,
             args.dataset_label_name,
             hflip=args.hflip,
+            min_crop_scale=args.min_crop_scale,
             num_channels=config.num_channels,
         )
         if size != config.image_size:  # the reference trains ViT at 384 px with interpolated position embeddings

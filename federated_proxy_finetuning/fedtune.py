@@ -76,6 +76,12 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
             "position embeddings)",
         )
         g.add_argument("--hflip", type=str2bool, default=True, help="random horizontal flips in client training")
+        g.add_argument(
+            "--min_crop_scale",
+            type=float,
+            default=0.08,
+            help="smallest area share of RandomResizedCrop in client training (0.08 = the reference)",
+        )
         g.add_argument("--distill_dataset_path", default="../datasets/IMAGENET", help="public image corpus (alignment)")
     else:
         g.add_argument("--distill_dataset1_path", default="../datasets/bookcorpus", help="public corpus ('' to skip)")

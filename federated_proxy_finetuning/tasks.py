@@ -341,6 +341,7 @@ def load_image_task(
     image_column: str | None = None,
     hflip: bool = True,
     num_channels: int | None = None,
+    min_crop_scale: float = 0.08,
 ) -> TaskData:
     """Train split for clients, `test` (else `validation`) for the server, transformed lazily (spec §4.2 CV).
 
@@ -368,7 +369,7 @@ def load_image_task(
 
         return apply
 
-    train_tf = image_transform(image_size, mean, std, channels, train=True, hflip=hflip)
+    train_tf = image_transform(image_size, mean, std, channels, train=True, hflip=hflip, min_crop_scale=min_crop_scale)
     eval_tf = image_transform(image_size, mean, std, channels, train=False)
     return TaskData(
         name=root.name or str(root),

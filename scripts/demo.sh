@@ -70,7 +70,7 @@ else
     common=(--model_checkpoint "$fm" --task_name mnist --dataset_path datasets/mnist --num_clients 20
             --proportion 0.2 --num_rounds "$rounds" --learning_rate 2e-3 --lr_scheduler_type 2 --num_epochs 1
             --per_device_train_batch_size 32 --gradient_accumulation_steps 1 --lora_rank 8 --lora_alpha 16
-            --hflip False --eval_interval 1 --output_root "$out/fed-result" --task_root "$out/task" --overwrite True)
+            --hflip False --min_crop_scale 0.5 --eval_interval 1 --output_root "$out/fed-result" --task_root "$out/task" --overwrite True)
     $py federated_proxy_finetuning/fedtune_cv.py "${common[@]}" --method pft --sub_model_checkpoint "$distilled" \
         --align_interval 4 --align_epochs 0.02 --align_grad_accum_start 2 --align_grad_accum_min 1 \
         --distill_dataset_path datasets/fashion-mnist

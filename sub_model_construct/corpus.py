@@ -169,16 +169,24 @@ def text_collator(tokenizer):
 
 # ----------------------------------------------------------------------------------------------- images
 def image_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], num_channels: int, train: bool, hflip: bool = True
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_channels: int,
+    train: bool,
+    hflip: bool = True,
+    min_crop_scale: float = 0.08,
 ):
-    """RandomResizedCrop (+ horizontal flip) for training, Resize + CenterCrop otherwise; then ToTensor + Normalize.
-    Random draws come from torch's global RNG, so the caller's seeding makes them reproducible."""
+    """RandomResizedCrop (area scale min_crop_scale..1; 0.08 is torchvision's and the reference's) + horizontal flip
+    for training, Resize + CenterCrop otherwise; then ToTensor + Normalize. Random draws come from torch's global
+    RNG, so the caller's seeding makes them reproducible."""
     from torchvision import transforms as T
 
     mode = "L" if num_channels == 1 else "RGB"
     steps = [T.Lambda(lambda img: img.convert(mode))]
     if train:
-        steps += [T.RandomResizedCrop(image_size)] + ([T.RandomHorizontalFlip()] if hflip else [])
+        steps += [T.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0))]
+        steps += [T.RandomHorizontalFlip()] if hflip else []
     else:
         steps += [T.Resize(image_size), T.CenterCrop(image_size)]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
