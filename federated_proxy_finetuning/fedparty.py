@@ -21,10 +21,13 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from sub_model_construct.cli import atomic_write_json
 from sub_model_construct.families import Family
 from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, fetch, steps_for, to_device, train
 
-from .align import counting_zero_activations
+from .align import align as neuron_alignment
+from .align import counting_zero_activations, ffn_state, load_ffn_state, next_grad_accum, zero_activation_rates
+from .tasks import compute_metrics, eval_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -337,8 +340,6 @@ class Server:
 
     # ------------------------------------------------------------------ state
     def server_state(self, round_index: int) -> dict:
-        from .align import ffn_state
-
         state = {
             "round": round_index,
             "global": self.global_state,
@@ -350,8 +351,6 @@ class Server:
         return state
 
     def restore(self, checkpoint) -> None:
-        from .align import load_ffn_state
-
         state = torch.load(checkpoint / "server_state.pt", weights_only=False)
         self.start_round = state["round"]
         self.resumed = True
@@ -365,8 +364,6 @@ class Server:
 
     # ------------------------------------------------------------------ pieces of a round
     def evaluate_model(self, model, state_for_model: dict) -> dict:
-        from .tasks import compute_metrics, eval_prefix
-
         a, acc = self.s.args, self.s.accelerator
         load_adapter(model, state_for_model)
         record, seconds, count = {}, 0.0, 0
@@ -405,8 +402,6 @@ class Server:
         return gathered
 
     def align(self, round_index: int, rates) -> dict:
-        from .align import align, next_grad_accum
-
         a = self.s.args
         self.grad_accum = next_grad_accum(self.grad_accum, a.align_grad_accum_min, a.align_epochs)
         fm_state = self.s.renamer.to_fm(self.global_state)
@@ -415,7 +410,7 @@ class Server:
             load_adapter(self.s.client_model, self.global_state)
         else:  # reference: student keeps the last client's adapter (the teacher keeps the last evaluated one)
             load_adapter(self.s.client_model, self.last_client_adapter)
-        return align(
+        return neuron_alignment(
             self.s.fm,
             self.s.client_model,
             self.s.kd_pairs,
@@ -438,8 +433,6 @@ class Server:
             logger.info("Round %d FM %s sub-FM %s", record["round"], shown, sub or "-")
 
     def run(self) -> dict:
-        from .align import zero_activation_rates
-
         a, acc = self.s.args, self.s.accelerator
         evaluate_sub = a.eval_sub_model and a.method != "peft"
         if not self.resumed and a.eval_interval > 0:  # round 0: the FM with the initial adapter
@@ -499,8 +492,6 @@ class Server:
                     )
                 }
                 if acc.is_main_process:
-                    from sub_model_construct.cli import atomic_write_json
-
                     atomic_write_json(self.s.run.path / "align" / f"round{r}.json", result)
                 element = next(self.s.client_model.parameters()).element_size()
                 self.pending_sync_bytes = result["changed_parameters"] * element

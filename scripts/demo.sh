@@ -22,7 +22,7 @@ if [ "$vision" = 1 ]; then bash scripts/setup.sh; else bash scripts/setup.sh --n
 [ -n "$rounds" ] || { [ "$vision" = 1 ] && rounds=20 || rounds=40; }
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 py=.venv/bin/python
-out=demo-output
+out=demo-output  # the demo's own scratch folder: its fed-result is rewritten on every run
 mkdir -p "$out"
 start=$(date +%s)
 
@@ -41,6 +41,7 @@ if [ "$vision" = 0 ]; then
     else
         echo "   (reusing $distilled)"
     fi
+    rm -rf "$out/fed-result/bbc"
     common=(--model_checkpoint "$fm" --task_name bbc --dataset_path datasets/bbc --num_clients 20
             --proportion 0.2 --num_rounds "$rounds" --learning_rate 8e-4 --lr_scheduler_type 2 --num_epochs 1
             --per_device_train_batch_size 16 --gradient_accumulation_steps 1 --lora_rank 8 --lora_alpha 48
@@ -69,6 +70,7 @@ else
             --gradient_accumulation_steps 1 --learning_rate 1e-3 --lr_scheduler_type linear --distill_epoch 1 \
             --max_steps 150 --save_steps 0 --output_dir "$distilled" --overwrite True
     fi
+    rm -rf "$out/fed-result/mnist"
     common=(--model_checkpoint "$fm" --task_name mnist --dataset_path datasets/mnist --num_clients 20
             --proportion 0.2 --num_rounds "$rounds" --learning_rate 4e-3 --lr_scheduler_type 2 --num_epochs 1
             --per_device_train_batch_size 32 --gradient_accumulation_steps 1 --lora_rank 8 --lora_alpha 16

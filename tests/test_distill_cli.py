@@ -29,14 +29,7 @@ from tests import tiny
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL = ROOT / "sub_model_construct" / "distill.py"
 DISTILL_VIT = ROOT / "sub_model_construct" / "distill_vit.py"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = tiny.subprocess_env()
 SUB_NAME = "sub-{fm}-retained03-r1" + str(tiny.HIDDEN) + "-r216"  # spec §2.7
 # spec §3.5: {sub}-distilled-{corpus}-lr{lr}-mgn{max_grad_norm}-epoch{E}-da{alpha}-bs{per_device x accumulation}-with-wl
 DISTILLED_SUFFIX = "-distilled-{corpus}-lr0.0001-mgn1.0-epoch1.0-da{alpha}-bs8-with-wl"

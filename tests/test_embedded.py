@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 FM = ROOT / "pretrain_models" / "all-MiniLM-L6-v2"
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(
     not (FM / "model.safetensors").exists() or not (BBC / "dataset_dict.json").exists(),
     reason="embedded assets not fetched (bash scripts/fetch_assets.sh)",
 )
-ENV = dict(os.environ)  # one thread (tests/conftest.py): robust when the cores are shared
+ENV = tiny.subprocess_env()
 
 
 def run(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:

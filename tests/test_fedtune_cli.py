@@ -4,7 +4,6 @@ baselines, and bad input (spec §4, §5)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,14 +16,7 @@ from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDTUNE = str(ROOT / "federated_proxy_finetuning" / "fedtune.py")
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = tiny.subprocess_env()
 
 
 @pytest.fixture(scope="module")

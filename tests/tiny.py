@@ -101,3 +101,17 @@ def write_image_corpus(folder: Path, count: int = 40, seed: int = 0) -> Path:
     ds = ds.cast_column("image", datasets.Image())
     datasets.DatasetDict({"train": ds}).save_to_disk(str(folder))
     return folder
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: offline, one thread (the test process and its children share the cores)."""
+    import os
+
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
