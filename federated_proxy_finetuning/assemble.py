@@ -40,6 +40,21 @@ from .results import RunFolder, run_name
 logger = logging.getLogger(__name__)
 
 
+def holdout(dataset, share: float, seed: int):
+    """The server's validation split: a seeded `share` of an eval split, in its original row order."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return dataset.select(sorted(order[: max(1, round(share * len(dataset)))]))
+
+
+def local_training_rows(rows: list[int], share: float, seed: int) -> list[int]:
+    """A client's training rows once `share` of them is held out as its local validation set (spec §4.1)."""
+    if not share:
+        return rows
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept = order[int(share * len(rows)) :] or order[-1:]
+    return [rows[i] for i in sorted(kept)]
+
+
 def load_task(args, modality: str):
     from .tasks import TaskError, load_image_task, load_text_task
 
@@ -175,6 +190,8 @@ def build_models(args, modality: str, task):
 def build_server(args, accelerator, modality: str) -> Server:
     with accelerator.main_process_first():  # the main process fills the tokenisation cache, the others read it
         task, preprocessor = load_task(args, modality)
+    if args.test_holdout:  # spec §4.1: evaluate on a seeded validation share of each eval split ("server_val")
+        task.eval_splits = {k: holdout(v, args.test_holdout, args.seed) for k, v in task.eval_splits.items()}
     if args.max_eval_samples:
         task.eval_splits = {k: v.select(range(min(args.max_eval_samples, len(v)))) for k, v in task.eval_splits.items()}
     if args.num_clients > len(task.train):
@@ -232,7 +249,7 @@ def build_server(args, accelerator, modality: str) -> Server:
     world = accelerator.num_processes
     trainer = ClientTrainer(
         model=client,
-        datasets=[task.train.select(idx) for idx in partition],
+        datasets=[task.train.select(local_training_rows(idx, args.train_holdout, args.seed)) for idx in partition],
         collate=task.collate_fn,
         micro_batch_size=args.per_device_train_batch_size,
         effective_batch_size=args.per_device_train_batch_size * world * args.gradient_accumulation_steps,

@@ -337,6 +337,7 @@ class Server:
         self.resumed = False
         self.last_client_adapter: dict | None = None
         self.pending_sync_bytes = 0  # FFN weights changed by the last alignment, sent with the next round's adapter
+        self.data_split = "server_val" if a.test_holdout > 0 else "server_test"  # spec §4.12
 
     # ------------------------------------------------------------------ state
     def server_state(self, round_index: int) -> dict:
@@ -436,7 +437,7 @@ class Server:
         a, acc = self.s.args, self.s.accelerator
         evaluate_sub = a.eval_sub_model and a.method != "peft"
         if not self.resumed and a.eval_interval > 0:  # round 0: the FM with the initial adapter
-            record = {"round": 0, "learning_rate": None, "aligned": False, "data_split": "server_test"}
+            record = {"round": 0, "learning_rate": None, "aligned": False, "data_split": self.data_split}
             record["fm"] = self.evaluate_model(self.s.fm, self.s.renamer.to_fm(self.global_state))
             self.log_round(record)
             self.s.run.save_checkpoint(0, self.s.fm, self.server_state(0), keep=self.keep_set())
@@ -465,7 +466,7 @@ class Server:
                 "learning_rate": lr,
                 "clients": [u.client for u in updates],
                 "client_loss": float(np.mean([u.loss for u in updates])),
-                "data_split": "server_test",
+                "data_split": self.data_split,
                 "bytes_sent": len(updates) * (adapter_bytes + self.pending_sync_bytes),
                 "bytes_received": sum(state_bytes(u.adapter) for u in updates)
                 + (sum(sum(t.numel() * 8 for t in u.stats["zero_counts"].values()) for u in updates) if collect else 0),

@@ -96,8 +96,18 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
     g.add_argument("--dir_alpha", type=float, default=1.0, help="Dirichlet Dir(alpha*p) concentration")
     g.add_argument("--diversity", type=float, default=1.0, help="fraction of classes per client (div)")
     g.add_argument("--imbalance", type=float, default=0.0, help="client data-size imbalance (0 = equal)")
-    g.add_argument("--train_holdout", type=float, default=0.0, help="not supported: must be 0")
-    g.add_argument("--test_holdout", type=float, default=0.0, help="not supported: must be 0")
+    g.add_argument(
+        "--train_holdout",
+        type=float,
+        default=0.0,
+        help="share of each client's data held out as its local validation set (not trained on)",
+    )
+    g.add_argument(
+        "--test_holdout",
+        type=float,
+        default=0.0,
+        help="share of each server eval split used as a validation split, evaluated instead (server_val)",
+    )
     g.add_argument("--num_rounds", type=int, default=10)
     g.add_argument("--proportion", type=float, default=0.2, help="fraction of clients per round")
     g.add_argument("--sample", default="uniform", choices=("uniform", "full", "md"))
@@ -192,11 +202,9 @@ def check_args(args) -> None:
         raise UsageError(f"--lora_rank must be positive, got {args.lora_rank}")
     if args.num_rounds < 1 or args.num_clients < 1:
         raise UsageError("--num_rounds and --num_clients must be at least 1")
-    if args.train_holdout or args.test_holdout:
-        raise UsageError(
-            "--train_holdout/--test_holdout are not supported: the server evaluates on the full "
-            "validation split (spec §4.2)"
-        )
+    for name in ("train_holdout", "test_holdout"):
+        if not 0 <= getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if args.tuning_method != "lora":
         raise UsageError("only --tuning_method lora is implemented (as in the reference)")
     if args.fp16:

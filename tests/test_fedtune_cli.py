@@ -252,3 +252,14 @@ def test_nan_loss_stops_and_names_round_and_client(assets, tmp_path):
     assert last.startswith("error:") and "round" in last and "client" in last, done.stderr
     run = next((tmp_path / "fed-result" / "bbc").glob("*/peft-*"))
     assert (run / "server" / "checkpoint-round0").exists()
+
+
+def test_holdouts(assets, tmp_path):
+    done = fedtune(
+        assets, tmp_path, "--method", "peft", "--num_rounds", "1", "--test_holdout", "0.5", "--train_holdout", "0.25"
+    )
+    assert done.returncode == 0, done.stderr
+    records = metrics(run_dir(tmp_path, "peft"))
+    assert {r["data_split"] for r in records} == {"server_val"}
+    (tmp_path / "refused").mkdir()
+    assert "test_holdout" in refused(assets, tmp_path / "refused", "--test_holdout", "1.0")
