@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
                 name, corpus_tag, args.learning_rate, args.max_grad_norm, args.distill_epoch, args.distill_alpha, batch
             )
         )
-        resuming = args.resume_from_checkpoint not in (None, "", "False", "false")
+        resuming = _resume_requested(args.resume_from_checkpoint)
         if out.exists() and not (args.overwrite or resuming):
             raise UsageError(f"output folder {out} exists; pass --overwrite True or --resume_from_checkpoint True")
         if resuming and not out.exists():
@@ -315,10 +315,8 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
     device = accelerator.device
     fm.to(device)
     start_step, resume_state = 0, None
-    if args.resume_from_checkpoint not in (None, "", "False", "false"):
-        ckpt = (
-            _latest_checkpoint(out) if str2bool_safe(args.resume_from_checkpoint) else Path(args.resume_from_checkpoint)
-        )
+    if resuming:
+        ckpt = _latest_checkpoint(out) if _is_true(args.resume_from_checkpoint) else Path(args.resume_from_checkpoint)
         if ckpt is None or not (ckpt / "training_state.pt").is_file():
             raise UsageError(f"no checkpoint to resume from in {out}")
         sub = load_sub_model(ckpt)
@@ -433,11 +431,22 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
     return 0
 
 
-def str2bool_safe(value: str) -> bool:
+def _is_true(value: str) -> bool:
+    """A boolean spelling of "yes" (str2bool's); anything else, such as a path, is not."""
     try:
         return str2bool(value)
     except argparse.ArgumentTypeError:
         return False
+
+
+def _resume_requested(value: str | None) -> bool:
+    """--resume_from_checkpoint asks to resume unless it is absent, empty or a boolean "no" (False, 0, no, ...)."""
+    if not value:
+        return False
+    try:
+        return str2bool(value)
+    except argparse.ArgumentTypeError:
+        return True  # a checkpoint folder
 
 
 if __name__ == "__main__":
