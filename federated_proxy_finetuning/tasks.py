@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import datasets
-from sub_model_construct.corpus import image_transform
+from sub_model_construct.corpus import image_transform, text_collator
 
 logger = logging.getLogger(__name__)
 
@@ -235,18 +235,6 @@ def _tokenize_cached(raw, keys, tokenizer, max_length, cache_dir, task_name) -> 
         _save_atomically(_tokenize(raw, keys, tokenizer, max_length, task_name), target)
         logger.info("tokenised %s cached at %s", task_name, target)
     return datasets.load_from_disk(str(target))  # memory-mapped, identical on first and later loads
-
-
-def text_collator(tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """Dynamic padding per batch (spec §4.2: DataCollatorWithPadding); returns a plain dict with `labels`."""
-    from transformers import DataCollatorWithPadding
-
-    pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
-    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-        return dict(pad(rows))
-
-    return collate
 
 
 def load_text_task(

@@ -159,10 +159,11 @@ def text_blocks(
 
 
 def text_collator(tokenizer):
-    """Dynamic padding (only the rare short blocks need it, spec §3.1)."""
+    """Dynamic padding per batch into a plain dict of tensors (other keys, e.g. `labels`, are stacked alongside):
+    corpus blocks (only the rare short ones need it, spec §3.1) and task batches (spec §4.2)."""
 
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-        return tokenizer.pad(rows, return_tensors="pt")
+        return dict(tokenizer.pad(rows, return_tensors="pt"))
 
     return collate
 
