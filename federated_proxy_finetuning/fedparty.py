@@ -498,8 +498,10 @@ class Server:
                 self.pending_sync_bytes = result["changed_parameters"] * element
             t4 = time.perf_counter()
             record["seconds"] = {"train": t1 - t0, "aggregate": t2 - t1, "eval": t3 - t2, "align": t4 - t3}
-            # the FM carries the global adapter in the checkpoint (PEFT format, loadable on the FM)
-            load_adapter(self.s.fm, self.s.renamer.to_fm(self.global_state))
+            # the checkpoint saves the FM's adapter (PEFT format): it must be this round's global one, which the
+            # evaluation (and a global-adapter alignment) already loaded
+            if not evaluated:
+                load_adapter(self.s.fm, self.s.renamer.to_fm(self.global_state))
             self.log_round(record)
             self.s.run.save_checkpoint(r, self.s.fm, self.server_state(r), keep=self.keep_set())
             self.s.run.write_summary(
