@@ -170,9 +170,10 @@ def align(
     was_training = (teacher.training, student.training)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # random crops/flips of an image corpus draw from the global RNG
-    frozen = {}
+    frozen, updated = {}, {}
     if rates is not None and config.retained_ratio > 0:
-        frozen = {i: split_neurons(rates[i], config.retained_ratio, generator)[0] for i in layers}
+        for i in layers:
+            frozen[i], updated[i] = split_neurons(rates[i], config.retained_ratio, generator)
     named = alignment_parameters(student, family, layers)
     prepare_for_distillation(teacher, student, [p for _, p in named])
     guard = FrozenNeurons(student, family, frozen)
@@ -218,6 +219,11 @@ def align(
         grad_accum_steps=grad_accum_steps,
         frozen_per_layer={int(k): int(v.numel()) for k, v in frozen.items()},
     )
+    blocks = encoder_layers(student, family)
+    # what the clients must receive afterwards (communication.SubFMSync); not part of the JSON log
+    result["updated_neurons"] = {
+        i: updated.get(i, torch.arange(ffn_linears(blocks[i], family)[0].out_features)) for i in layers
+    }
     return result
 
 

@@ -40,10 +40,15 @@ from .results import RunFolder, run_name
 logger = logging.getLogger(__name__)
 
 
-def holdout(dataset, share: float, seed: int):
-    """The server's validation split: a seeded `share` of an eval split, in its original row order."""
+def seeded_subset(dataset, count: int, seed: int):
+    """`count` rows drawn at random (seeded), in their original row order."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    return dataset.select(sorted(order[: max(1, round(share * len(dataset)))]))
+    return dataset.select(sorted(order[:count]))
+
+
+def holdout(dataset, share: float, seed: int):
+    """The server's validation split: a seeded `share` of an eval split (spec §4.1)."""
+    return seeded_subset(dataset, max(1, round(share * len(dataset))), seed)
 
 
 def local_training_rows(rows: list[int], share: float, seed: int) -> list[int]:
@@ -187,13 +192,46 @@ def build_models(args, modality: str, task):
     return fm_peft, client, renamer, pairs, sub_params, fm_params
 
 
-def build_server(args, accelerator, modality: str) -> Server:
+def run_folder(args, accelerator) -> RunFolder:
+    """fed-result/<task>/<sub-FM or FM name>/<run name> (spec §4.12)."""
+    model_name = os.path.basename(
+        os.path.normpath(
+            args.sub_model_checkpoint if args.method != "peft" and args.sub_model_checkpoint else args.model_checkpoint
+        )
+    )
+    if args.method == "fedot" and not args.sub_model_checkpoint:
+        model_name = f"fedot-{os.path.basename(os.path.normpath(args.model_checkpoint))}"
+    return RunFolder(Path(args.output_root) / args.task_name / model_name / run_name(args), accelerator.is_main_process)
+
+
+def resolve_resume(args, run: RunFolder) -> tuple[bool, bool] | None:
+    """(resume, overwrite) for this run folder; None when `--resume auto` finds the run already finished.
+    auto: a finished run is skipped, one with a round checkpoint resumed, anything else started afresh."""
+    if args.resume != "auto":
+        return bool(args.resume), bool(args.overwrite)
+    if run.is_finished():
+        return None
+    if run.latest_checkpoint() is not None:
+        return True, False
+    return False, True
+
+
+def build_server(args, accelerator, modality: str) -> Server | None:
+    run = run_folder(args, accelerator)
+    decided = resolve_resume(args, run)
+    if decided is None:
+        if accelerator.is_main_process:
+            print(f"{args.method}: finished run found in {run.path}; skipped (--resume auto)")
+        return None
+    resume, overwrite = decided
     with accelerator.main_process_first():  # the main process fills the tokenisation cache, the others read it
         task, preprocessor = load_task(args, modality)
     if args.test_holdout:  # spec §4.1: evaluate on a seeded validation share of each eval split ("server_val")
         task.eval_splits = {k: holdout(v, args.test_holdout, args.seed) for k, v in task.eval_splits.items()}
-    if args.max_eval_samples:
-        task.eval_splits = {k: v.select(range(min(args.max_eval_samples, len(v)))) for k, v in task.eval_splits.items()}
+    if args.max_eval_samples:  # a seeded random subset (a split stored in label order has one class first)
+        task.eval_splits = {
+            k: seeded_subset(v, min(args.max_eval_samples, len(v)), args.seed) for k, v in task.eval_splits.items()
+        }
     if args.num_clients > len(task.train):
         raise UsageError(
             f"--num_clients {args.num_clients} is larger than the training set ({len(task.train)} examples)"
@@ -213,18 +251,12 @@ def build_server(args, accelerator, modality: str) -> Server:
             public, collate = load_public_corpus(
                 args, modality, preprocessor, AutoConfig.from_pretrained(args.model_checkpoint)
             )
-    model_name = os.path.basename(
-        os.path.normpath(
-            args.sub_model_checkpoint if args.method != "peft" and args.sub_model_checkpoint else args.model_checkpoint
+    if run.path.exists() and not (resume or overwrite):
+        raise UsageError(
+            f"run folder {run.path} exists; pass --resume True (or auto) to continue it or --overwrite True"
         )
-    )
-    if args.method == "fedot" and not args.sub_model_checkpoint:
-        model_name = f"fedot-{os.path.basename(os.path.normpath(args.model_checkpoint))}"
-    run = RunFolder(Path(args.output_root) / args.task_name / model_name / run_name(args), accelerator.is_main_process)
-    if run.path.exists() and not (args.resume or args.overwrite):
-        raise UsageError(f"run folder {run.path} exists; pass --resume True to continue it or --overwrite True")
-    checkpoint = run.latest_checkpoint() if args.resume else None
-    if args.resume and checkpoint is None:
+    checkpoint = run.latest_checkpoint() if resume else None
+    if resume and checkpoint is None:
         raise UsageError(f"--resume: no round checkpoint in {run.path}")
     try:
         with accelerator.main_process_first():
@@ -237,13 +269,14 @@ def build_server(args, accelerator, modality: str) -> Server:
                 args.dir_alpha,
                 args.diversity,
                 args.imbalance,
-                args.seed,
+                args.seed if args.partition_seed is None else args.partition_seed,
                 write=accelerator.is_main_process,
+                dataset_identity=task.identity,
             )
     except PartitionError as exc:
         raise UsageError(str(exc)) from exc
 
-    run.prepare(resume=args.resume, overwrite=args.overwrite)
+    run.prepare(resume=resume, overwrite=overwrite)
     fm_peft.to(accelerator.device)
     client.to(accelerator.device)
     world = accelerator.num_processes
@@ -274,6 +307,11 @@ def build_server(args, accelerator, modality: str) -> Server:
         "fm_encoder_layer_parameters": fm_params,
         "metric_for_best_model": metric,
         "aligning": aligning,
+        # FedPFT_N/_D and FedOT w/o KD use an undistilled client model (spec §4.13): say which this run had
+        "client_model_distilled": None
+        if args.method == "peft"
+        else bool(args.sub_model_checkpoint)
+        and os.path.isfile(os.path.join(args.sub_model_checkpoint, "distill_summary.json")),
     }
     if accelerator.is_main_process:
         logger.info(

@@ -22,11 +22,12 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from sub_model_construct.cli import atomic_write_json
-from sub_model_construct.families import Family
+from sub_model_construct.families import Family, backbone, family_of
 from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, fetch, steps_for, to_device, train
 
 from .align import align as neuron_alignment
 from .align import counting_zero_activations, ffn_state, load_ffn_state, next_grad_accum, zero_activation_rates
+from .communication import SubFMSync, ffn_shapes, model_bytes
 from .tasks import compute_metrics, eval_prefix
 
 logger = logging.getLogger(__name__)
@@ -336,7 +337,11 @@ class Server:
         self.start_round = 0
         self.resumed = False
         self.last_client_adapter: dict | None = None
-        self.pending_sync_bytes = 0  # FFN weights changed by the last alignment, sent with the next round's adapter
+        family = family_of(backbone(setup.client_model).config)
+        element = next(setup.client_model.parameters()).element_size()
+        # sub-FM changes each client still lacks (spec §4.10 W_fro sync), and the one-time shipping of the client model
+        self.sync = SubFMSync(ffn_shapes(setup.client_model, family, self.sub_layers), a.num_clients, element)
+        self.client_model_bytes = model_bytes(setup.client_model, family.head)
         self.data_split = "server_val" if a.test_holdout > 0 else "server_test"  # spec §4.12
 
     # ------------------------------------------------------------------ state
@@ -345,7 +350,7 @@ class Server:
             "round": round_index,
             "global": self.global_state,
             "grad_accum": self.grad_accum,
-            "pending_sync_bytes": self.pending_sync_bytes,
+            "sync": self.sync.state_dict(),
         }
         if self.aligning:
             state["sub_fm_ffn"] = ffn_state(self.s.client_model, self.sub_layers)
@@ -357,7 +362,7 @@ class Server:
         self.resumed = True
         self.global_state = state["global"]
         self.grad_accum = state["grad_accum"]
-        self.pending_sync_bytes = state["pending_sync_bytes"]
+        self.sync.load_state_dict(state["sync"])
         if "sub_fm_ffn" in state:
             load_ffn_state(self.s.client_model, self.sub_layers, state["sub_fm_ffn"])
         self.history = self.s.run.truncate_metrics(self.start_round)
@@ -424,6 +429,22 @@ class Server:
             accelerator=self.s.accelerator,
         )
 
+    def round_bytes(self, updates: list[ClientUpdate], collect: bool) -> dict:
+        """Bytes of this round (spec §4.4, §4.9-4.10): down, the global adapter plus the sub-FM changes each
+        selected client lacks; up, the clients' adapters plus their zero-activation counts in alignment rounds."""
+        adapter_bytes = state_bytes(self.global_state)
+        sent = sum(adapter_bytes + self.sync.send(u.client) for u in updates)
+        received = sum(state_bytes(u.adapter) for u in updates)
+        if collect:
+            received += sum(sum(t.numel() * 8 for t in u.stats["zero_counts"].values()) for u in updates)
+        last = self.history[-1] if self.history else {}
+        return {
+            "bytes_sent": sent,
+            "bytes_received": received,
+            "bytes_sent_cumulative": last.get("bytes_sent_cumulative", 0) + sent,
+            "bytes_received_cumulative": last.get("bytes_received_cumulative", 0) + received,
+        }
+
     # ------------------------------------------------------------------ the loop
     def log_round(self, record: dict) -> None:
         self.s.run.append_metrics(record, self.history)
@@ -437,7 +458,16 @@ class Server:
         a, acc = self.s.args, self.s.accelerator
         evaluate_sub = a.eval_sub_model and a.method != "peft"
         if not self.resumed and a.eval_interval > 0:  # round 0: the FM with the initial adapter
-            record = {"round": 0, "learning_rate": None, "aligned": False, "data_split": self.data_split}
+            record = {
+                "round": 0,
+                "learning_rate": None,
+                "aligned": False,
+                "data_split": self.data_split,
+                "bytes_sent": 0,
+                "bytes_received": 0,
+                "bytes_sent_cumulative": 0,
+                "bytes_received_cumulative": 0,
+            }
             record["fm"] = self.evaluate_model(self.s.fm, self.s.renamer.to_fm(self.global_state))
             self.log_round(record)
             self.s.run.save_checkpoint(0, self.s.fm, self.server_state(0), keep=self.keep_set())
@@ -460,18 +490,14 @@ class Server:
             )
             rates = zero_activation_rates([u.stats for u in updates]) if collect else None
             t2 = time.perf_counter()
-            adapter_bytes = state_bytes(self.global_state)
             record = {
                 "round": r,
                 "learning_rate": lr,
                 "clients": [u.client for u in updates],
                 "client_loss": float(np.mean([u.loss for u in updates])),
                 "data_split": self.data_split,
-                "bytes_sent": len(updates) * (adapter_bytes + self.pending_sync_bytes),
-                "bytes_received": sum(state_bytes(u.adapter) for u in updates)
-                + (sum(sum(t.numel() * 8 for t in u.stats["zero_counts"].values()) for u in updates) if collect else 0),
+                **self.round_bytes(updates, collect),
             }
-            self.pending_sync_bytes = 0
             evaluated = a.eval_interval > 0 and (r % a.eval_interval == 0 or r == a.num_rounds)
             if evaluated:
                 record["fm"] = self.evaluate_model(self.s.fm, self.s.renamer.to_fm(self.global_state))
@@ -492,10 +518,9 @@ class Server:
                         "changed_parameters",
                     )
                 }
+                self.sync.record_alignment(result.pop("updated_neurons"))
                 if acc.is_main_process:
                     atomic_write_json(self.s.run.path / "align" / f"round{r}.json", result)
-                element = next(self.s.client_model.parameters()).element_size()
-                self.pending_sync_bytes = result["changed_parameters"] * element
             t4 = time.perf_counter()
             record["seconds"] = {"train": t1 - t0, "aggregate": t2 - t1, "eval": t3 - t2, "align": t4 - t3}
             # the checkpoint saves the FM's adapter (PEFT format): it must be this round's global one, which the
@@ -518,4 +543,20 @@ class Server:
         return {max(scored)[2]} if scored else set()
 
     def summary_extra(self) -> dict:
-        return {"method": self.s.args.method, "rounds": self.s.args.num_rounds, **getattr(self, "info", {})}
+        last = self.history[-1] if self.history else {}
+        communication = {
+            "bytes_sent": last.get("bytes_sent_cumulative", 0),
+            "bytes_received": last.get("bytes_received_cumulative", 0),
+            "client_model_bytes": self.client_model_bytes,
+            # one-time: every client receives the client model (sub-FM, emulator or FM) before its first round
+            "model_shipping_bytes": self.client_model_bytes * self.s.args.num_clients,
+            "sub_fm_version": self.sync.version,
+        }
+        wall = sum(sum(r.get("seconds", {}).values()) for r in self.history)
+        return {
+            "method": self.s.args.method,
+            "rounds": self.s.args.num_rounds,
+            "communication": communication,
+            "round_seconds": wall,
+            **getattr(self, "info", {}),
+        }

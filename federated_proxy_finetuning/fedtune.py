@@ -97,6 +97,12 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
     g.add_argument("--diversity", type=float, default=1.0, help="fraction of classes per client (div)")
     g.add_argument("--imbalance", type=float, default=0.0, help="client data-size imbalance (0 = equal)")
     g.add_argument(
+        "--partition_seed",
+        type=int,
+        default=None,
+        help="seed of the client partition (default: --seed); the partition cache is keyed by it",
+    )
+    g.add_argument(
         "--train_holdout",
         type=float,
         default=0.0,
@@ -172,7 +178,13 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation, output, resume")
     g.add_argument("--metric_for_best_model", default=None, help="default: accuracy (MNLI: matched_accuracy)")
     g.add_argument("--eval_sub_model", type=str2bool, default=True, help="also evaluate the sub-FM each round")
-    g.add_argument("--resume", type=str2bool, default=False, help="continue from the last round checkpoint")
+    g.add_argument(
+        "--resume",
+        type=resume_mode,
+        default=False,
+        help="True: continue from the last round checkpoint; auto: skip a finished run, resume one with a "
+        "checkpoint, start anything else afresh (what the table scripts use)",
+    )
     g.add_argument("--overwrite", type=str2bool, default=False, help="replace an existing run folder")
     g.add_argument("--stop_after_round", type=int, default=0, help="stop after round k as if interrupted")
     g.add_argument("--cpu", type=str2bool, default=False, help="force CPU (gloo) even when a GPU is visible")
@@ -189,8 +201,23 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
     ):
         g.add_argument(flag, type=kind, default=default, help="no effect")
     g.add_argument("--label_names", nargs="*", default=["labels"], help="no effect")
-    a("--max_eval_samples", type=int, default=0, help="evaluate on the first N examples of each split (0 = all)")
+    a(
+        "--max_eval_samples",
+        type=int,
+        default=0,
+        help="evaluate on a seeded random subset of N examples of each split (0 = all)",
+    )
     return p
+
+
+def resume_mode(value: str) -> bool | str:
+    """--resume: a boolean, or "auto" (skip finished, resume interrupted, start the rest)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return str2bool(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected True/False/auto, got {value!r}") from None
 
 
 def check_args(args) -> None:
@@ -240,6 +267,8 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
     from federated_proxy_finetuning.assemble import build_server
 
     server = build_server(args, accelerator, modality)
+    if server is None:  # --resume auto on a finished run
+        return 0
     summary = server.run()
     if accelerator.is_main_process and "final" in summary:
         key = summary["metric"]

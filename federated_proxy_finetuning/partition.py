@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -101,11 +102,28 @@ def make_partition(
 
 
 def task_dir_name(
-    task_name: str, num_clients: int, partitioner: str, imbalance: float, dir_alpha: float, diversity: float
+    task_name: str,
+    num_clients: int,
+    partitioner: str,
+    imbalance: float,
+    dir_alpha: float,
+    diversity: float,
+    seed: int = DEFAULT_SEED,
+    dataset_key: str = "",
 ) -> str:
-    """spec §4.3: `dataset{task}-c{N}-partition{iid|dir|div}-im{imbalance}-para{None|dir_alpha|diversity}`."""
+    """spec §4.3's `dataset{task}-c{N}-partition{iid|dir|div}-im{imbalance}-para{None|dir_alpha|diversity}`, then
+    `-seed{S}-{digest}`: the partition seed and a digest of the dataset's identity and training labels, so a cache
+    is only reused for the exact data, flags and seed that made it."""
     para = {"dir": dir_alpha, "div": diversity}.get(partitioner)
-    return f"dataset{task_name}-c{num_clients}-partition{partitioner}-im{imbalance}-para{para}"
+    name = f"dataset{task_name}-c{num_clients}-partition{partitioner}-im{imbalance}-para{para}-seed{seed}"
+    return f"{name}-{dataset_key}" if dataset_key else name
+
+
+def dataset_key(identity: str, labels: Sequence[int]) -> str:
+    """Digest of what a partition depends on besides its flags: the dataset (path, fingerprint) and its labels."""
+    digest = hashlib.sha1(identity.encode())
+    digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _read_cache(path: Path, num_clients: int, num_examples: int) -> list[list[int]]:
@@ -134,11 +152,13 @@ def load_or_create_partition(
     imbalance: float,
     seed: int = DEFAULT_SEED,
     write: bool = True,
+    dataset_identity: str = "",
 ) -> list[list[int]]:
     """Reuse `{root}/{task_dir_name}/data.json` when present (spec §4.3: the partition is generated only once);
     otherwise make it and, where `write` (the main process), write it atomically. Other processes compute the
     same partition from the same seed."""
-    folder = Path(root) / task_dir_name(task_name, num_clients, partitioner, imbalance, dir_alpha, diversity)
+    key = dataset_key(dataset_identity, labels)
+    folder = Path(root) / task_dir_name(task_name, num_clients, partitioner, imbalance, dir_alpha, diversity, seed, key)
     cache = folder / "data.json"
     if cache.is_file():
         logger.info("reusing the client partition %s", cache)

@@ -67,6 +67,13 @@ class RunFolder:
         if self.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
 
+    def is_finished(self) -> bool:
+        """A summary.json that says the run finished."""
+        try:
+            return bool(json.loads((self.path / "summary.json").read_text()).get("finished"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def write_config(self, config: dict) -> None:
         if self.is_main:
             atomic_write_json(self.path / "config.json", {**config, "environment": environment()})

@@ -22,7 +22,12 @@ from sub_model_construct.corpus import image_transform, text_collator
 logger = logging.getLogger(__name__)
 
 FETCH_HINT = "run `bash scripts/fetch_assets.sh` to fetch it"
-EMBEDDED_TASKS = ("bbc", "mnist", "fashion-mnist")  # fetched by scripts/fetch_assets.sh (datasets/README.md)
+EMBEDDED_TASKS = (
+    "bbc",
+    "bbc-pairs",
+    "mnist",
+    "fashion-mnist",
+)  # fetched by scripts/fetch_assets.sh (datasets/README.md)
 
 
 class TaskError(ValueError):
@@ -54,6 +59,8 @@ TEXT_TASKS: dict[str, TextTaskSpec] = {
     "wnli": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION),
     # embedded default: BBC News headlines, 5 topics (datasets/README.md)
     "bbc": TextTaskSpec(("text",), _VALIDATION),
+    # embedded QNLI proxy: (headline, body sentence) -> same article or not (scripts/prepare_assets.py)
+    "bbc-pairs": TextTaskSpec(("headline", "sentence"), _VALIDATION),
 }
 IMAGE_COLUMNS = ("image", "img")  # spec §4.2: `img` for CIFAR-10/100, `image` for Flowers-102 and the embedded MNIST
 FLOWERS_CLASSES = 102  # spec §4.2: hard-coded for a dataset path containing "flowers"
@@ -74,6 +81,7 @@ class TaskData:
     train_labels: list[int]
     metric_names: tuple[str, ...]
     collate_fn: Callable[[list[dict]], dict[str, torch.Tensor]]
+    identity: str = ""  # the dataset's path and train-split fingerprint (keys the partition cache)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -170,6 +178,11 @@ def _load_text_dict(dataset_path: str, task_name: str) -> datasets.DatasetDict:
     return loaded
 
 
+def _identity(dataset_path: str, train: datasets.Dataset) -> str:
+    """Where the data came from and what its train split holds (its `datasets` fingerprint)."""
+    return f"{Path(dataset_path).resolve()}#{train._fingerprint}"
+
+
 def _tokenizer_fingerprint(tokenizer) -> str:
     """A stable digest of what the tokenizer does. The backend's truncation/padding state is left out: it
     changes with every call, which is also why `datasets`' own hash of a tokenizer is not stable."""
@@ -250,6 +263,7 @@ def load_text_task(
         raise TaskError(f"unknown text task {task_name!r}; supported: {', '.join(sorted(TEXT_TASKS))}")
     spec = TEXT_TASKS[task_name]
     raw = _load_text_dict(dataset_path, task_name)
+    identity = _identity(dataset_path, raw["train"]) if "train" in raw else ""
     splits = ["train", *spec.eval_splits.values()]
     _check_splits(raw, splits, [*spec.keys, label_name], f"dataset {dataset_path} ({task_name})")
     raw = datasets.DatasetDict({s: raw[s].select_columns([*spec.keys, label_name]) for s in splits})
@@ -269,6 +283,7 @@ def load_text_task(
         train_labels=[int(v) for v in tokenized["train"]["labels"]],
         metric_names=spec.metrics,
         collate_fn=text_collator(tokenizer),
+        identity=identity,
     )
 
 
@@ -370,4 +385,5 @@ def load_image_task(
         train_labels=train_labels,
         metric_names=("accuracy",),
         collate_fn=_image_collate,
+        identity=_identity(dataset_path, raw["train"]),
     )

@@ -125,10 +125,22 @@ def test_pft_run_writes_results_and_a_pluggable_adapter(assets, tmp_path):
         assert set(r["seconds"]) == {"train", "aggregate", "eval", "align"}
     assert [r["aligned"] for r in records[1:]] == [False, True, False]
     assert (run / "align" / "round2.json").exists()
-    # clients of round 3 also receive the FFN weights changed by the round-2 alignment
-    assert records[3]["bytes_sent"] > records[2]["bytes_sent"]
+    # clients of round 3 also receive the FFN weights changed by the round-2 alignment, by hand: the sub-FM keeps
+    # layers 0 and 3 whole; layers 1 and 2 have 16 neurons of which p = 0.5 were updated, each an input row (32), its
+    # bias (1) and an output column (32), plus each layer's output bias (32) and LayerNorm (64); float32
+    adapter = records[1]["bytes_sent"] // len(records[1]["clients"])
+    synced = 2 * (8 * (32 + 1 + 32) + 32 + 64) * 4
+    assert records[2]["bytes_sent"] == len(records[2]["clients"]) * adapter
+    assert records[3]["bytes_sent"] == len(records[3]["clients"]) * (adapter + synced)
+    for before, r in zip(records, records[1:]):
+        assert r["bytes_sent_cumulative"] == before["bytes_sent_cumulative"] + r["bytes_sent"]
+        assert r["bytes_received_cumulative"] == before["bytes_received_cumulative"] + r["bytes_received"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] and summary["final_round"] == 3
+    sent = summary["communication"]
+    assert sent["bytes_sent"] == records[3]["bytes_sent_cumulative"] and sent["sub_fm_version"] == 1
+    assert sent["model_shipping_bytes"] == 4 * sent["client_model_bytes"] > 0  # the sub-FM to each of 4 clients
+    assert summary["aligning"] and summary["client_model_distilled"] is False
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["method"] == "pft" and config["environment"]["packages"]["torch"]
     # the round checkpoint is a stock PEFT adapter for the FM
@@ -150,13 +162,40 @@ def test_resume_gives_the_uninterrupted_metrics(assets, tmp_path):
     assert [r["round"] for r in metrics(run_dir(parts, "pft"))] == [0, 1, 2]
     refused = fedtune(assets, parts, *args)
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = fedtune(assets, parts, *args, "--resume", "True")
+    resumed = fedtune(assets, parts, *args, "--resume", "auto")  # a checkpoint: resumed
     assert resumed.returncode == 0, resumed.stderr
     a, b = metrics(run_dir(whole, "pft")), metrics(run_dir(parts, "pft"))
     assert [r["round"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
         assert ra["fm"]["eval_loss"] == pytest.approx(rb["fm"]["eval_loss"], abs=1e-6)
         assert ra["fm"]["eval_accuracy"] == rb["fm"]["eval_accuracy"]
+        # the clients' sub-FM versions survive the checkpoint: the same bytes are charged
+        assert (ra["bytes_sent"], ra["bytes_received_cumulative"]) == (
+            rb["bytes_sent"],
+            rb["bytes_received_cumulative"],
+        )
+    before = (run_dir(parts, "pft") / "metrics.jsonl").read_text()
+    skipped = fedtune(assets, parts, *args, "--resume", "auto")  # finished: skipped, nothing rewritten
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped.stderr
+    assert (run_dir(parts, "pft") / "metrics.jsonl").read_text() == before
+    fresh = tmp_path / "fresh"
+    (fresh / run_dir(parts, "pft").relative_to(parts)).mkdir(parents=True)  # a folder without a checkpoint
+    started = fedtune(assets, fresh, *args, "--resume", "auto", "--num_rounds", "4")
+    assert started.returncode == 0, started.stderr
+    assert [r["round"] for r in metrics(run_dir(fresh, "pft"))] == [0, 1, 2, 3, 4]
+
+
+def test_max_eval_samples_is_a_seeded_random_subset():
+    import datasets
+    from federated_proxy_finetuning.assemble import seeded_subset
+
+    ordered = datasets.Dataset.from_dict({"label": [0] * 50 + [1] * 50, "row": list(range(100))})  # label-grouped
+    first = seeded_subset(ordered, 20, seed=1)
+    rows = list(first["row"])
+    assert len(rows) == 20 and set(first["label"]) == {0, 1}
+    assert rows == sorted(rows) and rows != list(range(20))  # a random subset in the original order
+    assert list(seeded_subset(ordered, 20, seed=1)["row"]) == rows  # seeded
+    assert list(seeded_subset(ordered, 20, seed=2)["row"]) != rows
 
 
 def test_two_processes_match_one(assets, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from federated_proxy_finetuning.partition import (
     PartitionError,
+    dataset_key,
     load_or_create_partition,
     make_partition,
     task_dir_name,
@@ -77,10 +78,24 @@ def test_dirichlet_search_output_goes_to_the_debug_log_not_stdout(capsys, caplog
     assert any("Error:" in record.getMessage() for record in caplog.records)
 
 
-def test_task_dir_name_matches_the_reference_layout():
-    assert task_dir_name("sst2", 100, "iid", 0.0, 1.0, 1.0) == "datasetsst2-c100-partitioniid-im0.0-paraNone"
-    assert task_dir_name("sst2", 100, "dir", 0.0, 10.0, 1.0) == "datasetsst2-c100-partitiondir-im0.0-para10.0"
-    assert task_dir_name("mnli", 10, "div", 0.0, 1.0, 0.5) == "datasetmnli-c10-partitiondiv-im0.0-para0.5"
+def test_task_dir_name_extends_the_reference_layout_with_seed_and_data_digest():
+    assert task_dir_name("sst2", 100, "iid", 0.0, 1.0, 1.0, 7) == "datasetsst2-c100-partitioniid-im0.0-paraNone-seed7"
+    assert task_dir_name("sst2", 100, "dir", 0.0, 10.0, 1.0, 7, "abc") == (
+        "datasetsst2-c100-partitiondir-im0.0-para10.0-seed7-abc"
+    )
+    assert task_dir_name("mnli", 10, "div", 0.0, 1.0, 0.5, 1) == "datasetmnli-c10-partitiondiv-im0.0-para0.5-seed1"
+
+
+def test_cache_is_keyed_by_dataset_labels_and_seed(tmp_path):
+    """Issue: a cache made for other data, other labels or another seed is never reused."""
+    args = dict(task_name="bbc", num_clients=4, partitioner="iid", dir_alpha=1.0, diversity=1.0, imbalance=0.0)
+    first = load_or_create_partition(str(tmp_path), labels=LABELS, seed=1, dataset_identity="/a#f1", **args)
+    assert load_or_create_partition(str(tmp_path), labels=LABELS, seed=1, dataset_identity="/a#f1", **args) == first
+    assert load_or_create_partition(str(tmp_path), labels=LABELS, seed=2, dataset_identity="/a#f1", **args) != first
+    load_or_create_partition(str(tmp_path), labels=LABELS, seed=1, dataset_identity="/b#f1", **args)
+    load_or_create_partition(str(tmp_path), labels=LABELS, seed=1, dataset_identity="/a#f2", **args)
+    load_or_create_partition(str(tmp_path), labels=list(reversed(LABELS)), seed=1, dataset_identity="/a#f1", **args)
+    assert len(list(tmp_path.iterdir())) == 5  # five distinct caches, none reused across them
 
 
 def test_cache_round_trip_format_and_validation(tmp_path):
@@ -94,7 +109,8 @@ def test_cache_round_trip_format_and_validation(tmp_path):
         imbalance=0.0,
         seed=1206,
     )
-    cache = tmp_path / task_dir_name("bbc", 4, "iid", 0.0, 1.0, 1.0) / "data.json"
+    key = dataset_key("", LABELS)
+    cache = tmp_path / task_dir_name("bbc", 4, "iid", 0.0, 1.0, 1.0, 1206, key) / "data.json"
     unwritten = load_or_create_partition(str(tmp_path), **args, write=False)
     assert not cache.exists()
     parts = load_or_create_partition(str(tmp_path), **args)
@@ -107,8 +123,10 @@ def test_cache_round_trip_format_and_validation(tmp_path):
     cache.write_text(json.dumps(stored))
     assert load_or_create_partition(str(tmp_path), **args)[0] == stored["0"]["data"]
 
+    stored["0"]["data"] = [10_000]  # indices out of range
+    cache.write_text(json.dumps(stored))
     with pytest.raises(PartitionError, match="does not fit this task"):
-        load_or_create_partition(str(tmp_path), **{**args, "labels": LABELS[:50]})  # indices out of range
+        load_or_create_partition(str(tmp_path), **args)
     cache.write_text(json.dumps({"0": {"data": [0]}}))
     with pytest.raises(PartitionError, match="4 clients"):
         load_or_create_partition(str(tmp_path), **args)

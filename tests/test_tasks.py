@@ -143,7 +143,7 @@ def test_string_labels_become_class_ids(tmp_path, tokenizer):
 
 
 def test_text_task_errors_are_one_clear_sentence(tmp_path, tokenizer):
-    with pytest.raises(TaskError, match=r"unknown text task 'stsb'; supported: bbc, cola, mnli"):
+    with pytest.raises(TaskError, match=r"unknown text task 'stsb'; supported: bbc, bbc-pairs, cola, mnli"):
         load_text_task("stsb", str(tmp_path), tokenizer)
     with pytest.raises(TaskError, match=r"missing.bbc not found.*bash scripts/fetch_assets.sh"):
         load_text_task("bbc", str(tmp_path / "missing"), tokenizer)

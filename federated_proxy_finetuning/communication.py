@@ -1,0 +1,108 @@
+"""What each client must receive to hold the current sub-FM (spec §4.10, Fig. 2's W_fro synchronisation).
+
+Every alignment changes some of the sub-FM's compressed-FFN weights: the updated neurons' input rows (weight and
+bias) and output columns, plus each compressed layer's shared output bias (and LayerNorm). A client holds the sub-FM
+as of the last round it took part in; when it is selected again it must receive every change made since then, that
+is, per compressed layer, the union of the neurons updated by the alignments it missed, plus the shared output
+parameters once. That is never more than the compressed FFNs in full. `SubFMSync` keeps the version each client
+holds and the neurons each alignment updated, and charges exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sub_model_construct.families import Family, encoder_layers, ffn_linears
+
+
+@dataclass(frozen=True)
+class FFNShape:
+    """Parameter counts of one compressed FFN: per neuron (input row + its bias + output column) and shared
+    (output bias + post-FFN LayerNorm), plus its width."""
+
+    per_neuron: int
+    shared: int
+    width: int
+
+    @property
+    def full(self) -> int:
+        return self.per_neuron * self.width + self.shared
+
+
+def ffn_shapes(model: nn.Module, family: Family, layers: list[int]) -> dict[int, FFNShape]:
+    blocks = encoder_layers(model, family)
+    shapes = {}
+    for i in layers:
+        w_in, w_out = ffn_linears(blocks[i], family)
+        per_neuron = w_in.in_features + (w_in.bias is not None) + w_out.out_features
+        shared = w_out.out_features if w_out.bias is not None else 0
+        if family.ffn_out_norm:
+            shared += sum(p.numel() for p in blocks[i].get_submodule(family.ffn_out_norm).parameters())
+        shapes[i] = FFNShape(per_neuron, shared, w_in.out_features)
+    return shapes
+
+
+def model_bytes(model: nn.Module, head: str) -> int:
+    """Bytes of the client model a client must hold before its first round: its state dict (parameters and
+    persistent buffers) except the LoRA matrices and the head (those travel as the adapter)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    total = 0
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name or "modules_to_save" in name or "original_module" in name:
+            continue
+        if name.startswith(f"{head}."):  # the head is part of the adapter
+            continue
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+class SubFMSync:
+    """Per-client sub-FM versions and the neurons each alignment updated (version v = after v alignments)."""
+
+    def __init__(self, shapes: Mapping[int, FFNShape], num_clients: int, element_size: int) -> None:
+        self.shapes = dict(shapes)
+        self.element_size = element_size
+        self.client_version = [0] * num_clients  # every client receives the sub-FM at version 0 before round 1
+        self.updates: list[dict[int, torch.Tensor]] = []  # alignment v+1 -> {layer: updated neuron indices}
+
+    @property
+    def version(self) -> int:
+        return len(self.updates)
+
+    def record_alignment(self, updated: Mapping[int, torch.Tensor]) -> None:
+        unknown = set(updated) - set(self.shapes)
+        if unknown:
+            raise ValueError(f"alignment updated layers {sorted(unknown)} that are not compressed layers")
+        self.updates.append({i: torch.as_tensor(idx, dtype=torch.long).cpu() for i, idx in updated.items()})
+
+    def parameters_to_send(self, client: int) -> int:
+        """Sub-FM parameters `client` lacks: per layer the union of neurons updated since its version (plus the
+        shared output parameters once if any alignment touched the layer)."""
+        missed = self.updates[self.client_version[client] :]
+        total = 0
+        for layer, shape in self.shapes.items():
+            touched = [u[layer] for u in missed if layer in u]
+            if not touched:
+                continue
+            neurons = torch.unique(torch.cat(touched)).numel()
+            total += min(neurons, shape.width) * shape.per_neuron + shape.shared
+        return total
+
+    def send(self, client: int) -> int:
+        """Bytes of the sub-FM changes sent to `client` now; it then holds the current version."""
+        count = self.parameters_to_send(client)
+        self.client_version[client] = self.version
+        return count * self.element_size
+
+    def state_dict(self) -> dict:
+        return {"client_version": list(self.client_version), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["client_version"]) != len(self.client_version):
+            raise ValueError("checkpoint sub-FM versions are for a different number of clients")
+        self.client_version = list(state["client_version"])
+        self.updates = list(state["updates"])
