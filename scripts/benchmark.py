@@ -28,6 +28,8 @@ def make_fm(family: str, layers: int, hidden: int, ffn: int, heads: int, num_lab
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
+        MPNetConfig,
+        MPNetForSequenceClassification,
         RobertaConfig,
         RobertaForSequenceClassification,
         ViTConfig,
@@ -45,7 +47,11 @@ def make_fm(family: str, layers: int, hidden: int, ffn: int, heads: int, num_lab
         return BertForSequenceClassification(BertConfig(**common))
     if family == "roberta":
         return RobertaForSequenceClassification(RobertaConfig(**common))
-    return ViTForImageClassification(ViTConfig(**common))
+    if family == "mpnet":
+        return MPNetForSequenceClassification(MPNetConfig(**common))
+    if family == "vit":
+        return ViTForImageClassification(ViTConfig(**common))
+    raise ValueError(f"no benchmark model for family {family!r}")
 
 
 def ffn_flops_ratio(layers: int, hidden: int, ffn: int, rank: int, kept: int, seq: int) -> float:

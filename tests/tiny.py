@@ -10,6 +10,7 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizerFast,
+    MPNetConfig,
     RobertaConfig,
     RobertaModel,
     ViTConfig,
@@ -52,6 +53,20 @@ def make_text_fm(folder: Path, family: str = "bert", layers: int = LAYERS, seed:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def mpnet_config(layers: int = LAYERS, vocab_size: int = 64, **overrides) -> MPNetConfig:
+    """A tiny MPNet (hidden 32, FFN 64): RoBERTa-style ids (pad 1, bos 0, eos 2) and 32 relative-position buckets,
+    the only bucket count MPNet's encoder computes with."""
+    return MPNetConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=40,
+        **overrides,
+    )
 
 
 def make_vit_fm(folder: Path, layers: int = LAYERS, seed: int = 0) -> Path:
