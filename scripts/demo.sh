@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper pipeline on the embedded default (MiniLM FM, BBC headlines, BBC article bodies as the public corpus):
 #   1. build the sub-FM (layers 0 and 5 whole, other FFNs 1536 -> 384 neurons) and distil it (spec §2-§3)
-#   2. FedPFT, FedPETuning and FedOT on BBC with 20 clients (spec §4)
+#   2. FedPFT, FedPETuning, FedOT (layer-drop emulator distilled with the same budget) and FedOT w/o KD on BBC
+#      with 20 clients (spec §4)
 #   3. print one table from the runs' summary.json files
 # Usage: bash scripts/demo.sh [--vision] [--rounds R]
 set -euo pipefail
@@ -29,17 +30,25 @@ start=$(date +%s)
 if [ "$vision" = 0 ]; then
     fm=pretrain_models/all-MiniLM-L6-v2
     subdir="$out/sub_model"
-    echo "== 1. sub-FM construction and layer-level distillation (MiniLM, layers 0 5 kept, FFN 1536 -> 384)"
+    echo "== 1. sub-FM construction and layer-level distillation (MiniLM, layers 0 5 kept, FFN 1536 -> 384);"
+    echo "      FedOT's emulator (layers 0 and 5 + 2 of the 4 middle layers) distilled with the same budget"
     distilled="$subdir/sub-all-MiniLM-L6-v2-retained05-r1384-r2384-distilled"
+    emulator="$subdir/fedot-all-MiniLM-L6-v2-adapters11-emulator2"
+    kd=(--model_checkpoint "$fm" --sub_model_dir "$subdir" --distill True --dataset1_path datasets/bbc-corpus
+        --dataset2_path '' --block_size 128 --per_device_train_batch_size 16 --gradient_accumulation_steps 2
+        --learning_rate 6e-4 --lr_scheduler_type linear --warm_up_ratio 0.048 --distill_epoch 1 --distill_alpha 0.01
+        --save_steps 0 --overwrite True)
     if [ ! -f "$distilled/distill_summary.json" ]; then
-        $py sub_model_construct/distill.py --model_checkpoint "$fm" --sub_model_dir "$subdir" \
-            --layers_retained 0 5 --qk_rank 384 --intermediate_rank 384 --distill True \
-            --dataset1_path datasets/bbc-corpus --dataset2_path '' --block_size 128 \
-            --per_device_train_batch_size 16 --gradient_accumulation_steps 2 --learning_rate 6e-4 \
-            --lr_scheduler_type linear --warm_up_ratio 0.048 --distill_epoch 1 --distill_alpha 0.01 \
-            --save_steps 0 --output_dir "$distilled" --overwrite True
+        $py sub_model_construct/distill.py "${kd[@]}" --layers_retained 0 5 --qk_rank 384 --intermediate_rank 384 \
+            --output_dir "$distilled"
     else
         echo "   (reusing $distilled)"
+    fi
+    if [ ! -f "$emulator-distilled/distill_summary.json" ]; then
+        $py sub_model_construct/distill.py "${kd[@]}" --emulator_layers 2 --adapter_layers 1 1 \
+            --output_dir "$emulator-distilled"
+    else
+        echo "   (reusing $emulator-distilled)"
     fi
     rm -rf "$out/fed-result/bbc"
     common=(--model_checkpoint "$fm" --task_name bbc --dataset_path datasets/bbc --num_clients 20
@@ -54,21 +63,28 @@ if [ "$vision" = 0 ]; then
         --distill_dataset1_path datasets/bbc-corpus --distill_dataset2_path ''
     echo "== 2b. FedPETuning (LoRA on the full FM)"
     $py federated_proxy_finetuning/fedtune.py "${common[@]}" --method peft
-    echo "== 2c. FedOT (layer-drop emulator: layers 0 and 5 as adapters, 2 of the 4 middle layers, no distillation)"
-    $py federated_proxy_finetuning/fedtune.py "${common[@]}" --method fedot --adapter_layers 1 1 --emulator_layers 2
+    echo "== 2c. FedOT (layer-drop emulator: layers 0 and 5 as adapters, 2 of the 4 middle layers, distilled)"
+    $py federated_proxy_finetuning/fedtune.py "${common[@]}" --method fedot --sub_model_checkpoint "$emulator-distilled"
+    echo "== 2d. FedOT w/o KD (the same emulator, undistilled)"
+    $py federated_proxy_finetuning/fedtune.py "${common[@]}" --method fedot --sub_model_checkpoint "$emulator"
     task=bbc
 else
     fm=pretrain_models/vit-tiny-fashion-mnist
     if [ ! -d "$fm" ]; then echo "the vision FM is missing: run bash scripts/setup.sh (it pretrains it)" >&2; exit 1; fi
     subdir="$out/sub_model"
     distilled="$subdir/sub-vit-tiny-fashion-mnist-retained05-r1192-r2192-distilled"
-    echo "== 1. ViT sub-FM (layers 0 5 kept, FFN 768 -> 192), distilled on Fashion-MNIST images"
+    emulator="$subdir/fedot-vit-tiny-fashion-mnist-adapters11-emulator2"
+    echo "== 1. ViT sub-FM (layers 0 5 kept, FFN 768 -> 192) and FedOT emulator, distilled on Fashion-MNIST images"
+    kd=(--model_checkpoint "$fm" --sub_model_dir "$subdir" --distill True --distill_dataset_path datasets/fashion-mnist
+        --per_device_train_batch_size 64 --gradient_accumulation_steps 1 --learning_rate 1e-3
+        --lr_scheduler_type linear --distill_epoch 1 --max_steps 150 --save_steps 0 --overwrite True)
     if [ ! -f "$distilled/distill_summary.json" ]; then
-        $py sub_model_construct/distill_vit.py --model_checkpoint "$fm" --sub_model_dir "$subdir" \
-            --layers_retained 0 5 --qk_rank 192 --intermediate_rank 192 --distill True \
-            --distill_dataset_path datasets/fashion-mnist --per_device_train_batch_size 64 \
-            --gradient_accumulation_steps 1 --learning_rate 1e-3 --lr_scheduler_type linear --distill_epoch 1 \
-            --max_steps 150 --save_steps 0 --output_dir "$distilled" --overwrite True
+        $py sub_model_construct/distill_vit.py "${kd[@]}" --layers_retained 0 5 --qk_rank 192 --intermediate_rank 192 \
+            --output_dir "$distilled"
+    fi
+    if [ ! -f "$emulator-distilled/distill_summary.json" ]; then
+        $py sub_model_construct/distill_vit.py "${kd[@]}" --emulator_layers 2 --adapter_layers 1 1 \
+            --output_dir "$emulator-distilled"
     fi
     rm -rf "$out/fed-result/mnist"
     common=(--model_checkpoint "$fm" --task_name mnist --dataset_path datasets/mnist --num_clients 20
@@ -79,7 +95,8 @@ else
         --align_interval 4 --align_epochs 0.02 --align_grad_accum_start 2 --align_grad_accum_min 1 \
         --distill_dataset_path datasets/fashion-mnist
     $py federated_proxy_finetuning/fedtune_cv.py "${common[@]}" --method peft
-    $py federated_proxy_finetuning/fedtune_cv.py "${common[@]}" --method fedot --adapter_layers 1 1 --emulator_layers 2
+    $py federated_proxy_finetuning/fedtune_cv.py "${common[@]}" --method fedot --sub_model_checkpoint "$emulator-distilled"
+    $py federated_proxy_finetuning/fedtune_cv.py "${common[@]}" --method fedot --sub_model_checkpoint "$emulator"
     task=mnist
 fi
 echo "== 3. results (FM = the full model with the plugged-in global adapter)"

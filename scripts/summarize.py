@@ -11,6 +11,25 @@ import sys
 from pathlib import Path
 
 
+def paper_name(summary: dict) -> str:
+    """The paper's name for a run (spec §4.13), from its method, alignment and whether its client model was
+    distilled; older summaries without those fields keep the method name."""
+    method, distilled, aligning = (
+        summary.get("method", "?"),
+        summary.get("client_model_distilled"),
+        summary.get("aligning"),
+    )
+    if method == "peft":
+        return "FedPETuning"
+    if distilled is None:
+        return method
+    if method == "fedot":
+        return "FedOT" if distilled else "FedOT w/o KD"
+    return {(True, True): "FedPFT", (True, False): "FedPFT_B", (False, True): "FedPFT_D", (False, False): "FedPFT_N"}[
+        (bool(distilled), bool(aligning))
+    ]
+
+
 def rows(root: Path) -> list[dict]:
     found = []
     for summary_path in sorted(root.rglob("summary.json")):
@@ -23,7 +42,7 @@ def rows(root: Path) -> list[dict]:
         seconds = sum(sum(m.get("seconds", {}).values()) for m in trained)
         found.append(
             {
-                "method": summary.get("method", "?"),
+                "method": f"{paper_name(summary)} ({summary.get('method', '?')})",
                 "run": f"{run.parent.name}/{run.name}",
                 "client_params_mi": summary.get("client_encoder_layer_parameters", 0) / 2**20,
                 "fm_params_mi": summary.get("fm_encoder_layer_parameters", 0) / 2**20,
