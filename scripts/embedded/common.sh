@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Shared settings of the embedded reproduction (scripts/embedded/table{1,2,3,4}.sh): the paper's tables on the
+# assets that install offline (MiniLM FM, BBC topic task, the BBC sentence-pair proxy of QNLI, the small ViT on
+# MNIST, optionally all-mpnet-base-v2), on 2 CPU cores. Sourced by the table scripts.
+#
+# What is scaled from the paper (spec §7) and why: 20 clients with 4 per round (paper: 100 clients, 10 %), ROUNDS
+# rounds (paper: unknown, > 20), LoRA r=8 alpha=48, client lr 8e-4 with linear decay, 1 local epoch, batch 16 (the
+# paper's README settings); layer-level distillation for one epoch of the BBC public corpus (paper: 5 epochs of
+# BookCorpus + Wikipedia); alignment on 10 % of that corpus per alignment with a shorter accumulation schedule.
+# Everything else (sub-FM rule, FedAvg, alignment rule, plug-in, evaluation on the FM) is the paper's.
+#
+# Rerun-safe: a finished run is skipped, an interrupted one resumed from its last round checkpoint (fedtune.py
+# --resume auto); sub-FMs and emulators are built once under $RESULTS/models and reused.
+#
+# Environment: RESULTS (default results/embedded), SEEDS (default "1 2 3"), ROUNDS (default 30), DRY_RUN=1 (or
+# --dry-run) prints the command lines instead of running them.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+RESULTS="${RESULTS:-$root/results/embedded}"
+SEEDS="${SEEDS:-1 2 3}"
+ROUNDS="${ROUNDS:-30}"
+PY="${PY:-$root/.venv/bin/python}"
+DRY_RUN="${DRY_RUN:-0}"
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown option $arg (use --dry-run)" >&2; exit 2 ;;
+    esac
+done
+MODELS_DIR="$RESULTS/models"   # sub-FMs and emulators (git-ignored)
+WORK="$RESULTS/.work"          # partitions and tokenised data (git-ignored)
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+run() {  # run <command...>: print it, and run it unless dry
+    echo "+ $(printf '%q ' "$@")"
+    if [ "$DRY_RUN" = 1 ]; then return 0; fi
+    "$@"
+}
+
+require() {  # require <folder> <what>: stop with one line when an asset is missing
+    if [ "$DRY_RUN" = 1 ] || [ -e "$1" ]; then return 0; fi
+    echo "error: $2 ($1) is missing; run bash scripts/fetch_assets.sh${3:+ $3}" >&2
+    exit 1
+}
+
+# --- the FMs, their sub-FM shape and FedOT emulator shape (same client budget as the paper's 47M / 81M rule:
+#     retained bottom and top layers, the other FFNs cut to a quarter; the emulator keeps half of the middle layers)
+declare -A FM_PATH=([minilm]=pretrain_models/all-MiniLM-L6-v2 [mpnet]=pretrain_models/all-mpnet-base-v2
+    [vit-tiny]=pretrain_models/vit-tiny-fashion-mnist)
+declare -A RETAINED=([minilm]="0 5" [mpnet]="0 11" [vit-tiny]="0 5")
+declare -A RANK=([minilm]=384 [mpnet]=768 [vit-tiny]=192)
+declare -A EMULATOR=([minilm]=2 [mpnet]=5 [vit-tiny]=2)
+
+# distillation budget, identical for the sub-FM and the FedOT emulator (the issue's fairness rule)
+TEXT_KD=(--dataset1_path datasets/bbc-corpus --dataset2_path '' --block_size 128 --per_device_train_batch_size 16
+    --gradient_accumulation_steps 2 --learning_rate 6e-4 --lr_scheduler_type linear --warm_up_ratio 0.048
+    --distill_epoch 1 --distill_alpha 0.01 --save_steps 0)
+IMAGE_KD=(--distill_dataset_path datasets/fashion-mnist --per_device_train_batch_size 64
+    --gradient_accumulation_steps 1 --learning_rate 1e-3 --lr_scheduler_type linear --distill_epoch 1
+    --max_steps 150 --save_steps 0)
+
+sub_fm() {  # sub_fm <model> [distilled]: folder of the sub-FM
+    local name
+    name="$(basename "${FM_PATH[$1]}")"
+    if [ "${2:-}" = distilled ]; then echo "$MODELS_DIR/$1/sub-distilled"; else
+        echo "$MODELS_DIR/$1/sub-$name-retained${RETAINED[$1]// /}-r1$(hidden "$1")-r2${RANK[$1]}"
+    fi
+}
+emulator() {  # emulator <model> [distilled]: folder of the FedOT emulator
+    if [ "${2:-}" = distilled ]; then echo "$MODELS_DIR/$1/emulator-distilled"; else
+        echo "$MODELS_DIR/$1/fedot-$(basename "${FM_PATH[$1]}")-adapters11-emulator${EMULATOR[$1]}"
+    fi
+}
+hidden() {  # hidden size = qk_rank (attention is never compressed, spec §2.4)
+    case "$1" in minilm) echo 384 ;; mpnet) echo 768 ;; vit-tiny) echo 192 ;; esac
+}
+
+distil() {  # distil <model> <distilled folder> <construction flags...>
+    local model="$1" out="$2"; shift 2
+    local script=sub_model_construct/distill.py kd=("${TEXT_KD[@]}")
+    if [ "$model" = vit-tiny ]; then script=sub_model_construct/distill_vit.py kd=("${IMAGE_KD[@]}"); fi
+    if [ -f "$out/distill_summary.json" ]; then
+        echo "  (reusing $out)"
+        return 0
+    fi
+    # construction (saved as the undistilled folder, reused when present), then the distillation into its own
+    # folder; an interrupted distillation (no distill_summary.json yet) is redone: it takes a minute or two
+    run "$PY" "$script" --model_checkpoint "${FM_PATH[$model]}" --sub_model_dir "$MODELS_DIR/$model" "$@" \
+        --distill True "${kd[@]}" --output_dir "$out" --overwrite True
+}
+
+build_models() {  # build_models <model>: undistilled + distilled sub-FM and FedOT emulator
+    local model="$1" h
+    h="$(hidden "$model")"
+    require "${FM_PATH[$model]}" "the $model FM" "$([ "$model" = mpnet ] && echo --paper-shape)"
+    echo "== models for $model: sub-FM (layers ${RETAINED[$model]} whole, FFN -> ${RANK[$model]}) and FedOT emulator"
+    # shellcheck disable=SC2086
+    distil "$model" "$(sub_fm "$model" distilled)" \
+        --layers_retained ${RETAINED[$model]} --qk_rank "$h" --intermediate_rank "${RANK[$model]}"
+    distil "$model" "$(emulator "$model" distilled)" \
+        --emulator_layers "${EMULATOR[$model]}" --adapter_layers 1 1
+}
+
+# --- federated runs
+FL_TEXT=(--num_clients 20 --proportion 0.2 --learning_rate 8e-4 --lr_scheduler_type 2 --num_epochs 1
+    --per_device_train_batch_size 16 --gradient_accumulation_steps 1 --lora_rank 8 --lora_alpha 48
+    --align_epochs 0.1 --align_batch_size 16 --align_grad_accum_start 4 --align_grad_accum_min 1
+    --align_block_size 128 --distill_dataset1_path datasets/bbc-corpus --distill_dataset2_path '')
+FL_IMAGE=(--num_clients 20 --proportion 0.2 --learning_rate 4e-3 --lr_scheduler_type 2 --num_epochs 1
+    --per_device_train_batch_size 32 --gradient_accumulation_steps 1 --lora_rank 8 --lora_alpha 16
+    --hflip False --min_crop_scale 0.5 --align_epochs 0.02 --align_grad_accum_start 2 --align_grad_accum_min 1
+    --distill_dataset_path datasets/fashion-mnist)
+declare -A MAX_LENGTH=([bbc]=64 [bbc-pairs]=128)
+ALIGN_T="${ALIGN_T:-10}"  # alignment interval t (paper default 10)
+
+method_flags() {  # method_flags <model> <method>: the flags that make a method (spec §4.13); t = $ALIGN_T
+    local model="$1"
+    case "$2" in
+        FedPETuning) echo "--method peft" ;;
+        FedOT) echo "--method fedot --sub_model_checkpoint $(emulator "$model" distilled)" ;;
+        FedOT-noKD) echo "--method fedot --sub_model_checkpoint $(emulator "$model")" ;;
+        FedPFT) echo "--method pft --sub_model_checkpoint $(sub_fm "$model" distilled) --align_interval $ALIGN_T" ;;
+        FedPFT_N) echo "--method pft --sub_model_checkpoint $(sub_fm "$model") --align_interval 0" ;;
+        FedPFT_B) echo "--method pft --sub_model_checkpoint $(sub_fm "$model" distilled) --align_interval 0" ;;
+        FedPFT_D) echo "--method pft --sub_model_checkpoint $(sub_fm "$model") --align_interval $ALIGN_T" ;;
+        *) echo "unknown method $2" >&2; exit 2 ;;
+    esac
+}
+
+cell() {  # cell <table> <model> <task> <setting> <method> <extra fedtune flags...>: every seed of one table cell
+    local table="$1" model="$2" task="$3" setting="$4" method="$5"; shift 5
+    local out="$RESULTS/$table/$model/$task/$setting/$method" script flags seed
+    # shellcheck disable=SC2207
+    flags=($(method_flags "$model" "$method"))
+    for seed in $SEEDS; do
+        echo "== $table $model $task $setting $method seed $seed"
+        if [ "$task" = mnist ]; then
+            run "$PY" federated_proxy_finetuning/fedtune_cv.py --model_checkpoint "${FM_PATH[$model]}" \
+                --task_name mnist --dataset_path datasets/mnist "${FL_IMAGE[@]}" --num_rounds "$ROUNDS" \
+                "${flags[@]}" --seed "$seed" --output_root "$out" --task_root "$WORK/task" \
+                --cache_dir "$WORK/cache" --resume auto "$@"
+        else
+            run "$PY" federated_proxy_finetuning/fedtune.py --model_checkpoint "${FM_PATH[$model]}" \
+                --task_name "$task" --dataset_path datasets --max_length "${MAX_LENGTH[$task]}" "${FL_TEXT[@]}" \
+                --num_rounds "$ROUNDS" "${flags[@]}" --seed "$seed" --output_root "$out" \
+                --task_root "$WORK/task" --cache_dir "$WORK/cache" --resume auto "$@"
+        fi
+    done
+}
+
+table_done() {  # table_done <table>: the table's markdown from the finished runs
+    local started="$1" table="$2"
+    echo "== $table finished in $(( $(date +%s) - started )) s"
+    if [ "$DRY_RUN" = 0 ]; then "$PY" scripts/make_tables.py --root "$RESULTS" --tables "${table#table}"; fi
+}

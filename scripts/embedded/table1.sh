@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Table 1 (IID) on the embedded assets: FedPETuning, FedOT (distilled emulator), FedOT w/o KD and FedPFT on the
+# BBC topic task (SST-2's analogue) and the BBC sentence-pair proxy (QNLI's analogue) with MiniLM; the vision row
+# (ViT FM pretrained on Fashion-MNIST, MNIST task); with PAPER_SHAPE=1 also all-mpnet-base-v2 (the paper's layer
+# shape: 81.1 Mi -> 47.3 Mi) on BBC, seeds MPNET_SEEDS (default 1), MPNET_ROUNDS rounds (default 20).
+#   bash scripts/embedded/table1.sh [--dry-run]     (VISION=0 skips the vision row; see common.sh for the rest)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+started=$(date +%s)
+METHODS=(FedPETuning FedOT FedOT-noKD FedPFT)
+require datasets/bbc-pairs "the embedded BBC data"
+build_models minilm
+for task in bbc bbc-pairs; do
+    for method in "${METHODS[@]}"; do cell table1 minilm "$task" iid "$method"; done
+done
+if [ "${VISION:-1}" = 1 ]; then
+    require datasets/mnist "the MNIST task"
+    build_models vit-tiny
+    for method in "${METHODS[@]}"; do
+        ROUNDS="${VISION_ROUNDS:-20}" ALIGN_T=4 cell table1 vit-tiny mnist iid "$method"
+    done
+fi
+if [ "${PAPER_SHAPE:-0}" = 1 ]; then
+    build_models mpnet
+    for method in "${METHODS[@]}"; do SEEDS="${MPNET_SEEDS:-1}" ROUNDS="${MPNET_ROUNDS:-20}" \
+        cell table1 mpnet bbc iid "$method"; done
+fi
+table_done "$started" table1

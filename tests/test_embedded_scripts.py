@@ -1,0 +1,108 @@
+"""The embedded table scripts (scripts/embedded/table{1,2,3,4}.sh) with --dry-run: every cell of each table, three
+seeds, its own output root, `--resume auto`, and the method flags of spec §4.13."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts" / "embedded"
+
+
+def dry(table: str, tmp_path: Path, **env: str) -> list[str]:
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / f"{table}.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "RESULTS": str(tmp_path / "r"), **env},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+    return [line[2:] for line in done.stdout.splitlines() if line.startswith("+ ")]
+
+
+def runs(lines: list[str]) -> list[dict]:
+    """fedtune command lines as {cell, seed, flags}."""
+    found = []
+    for line in lines:
+        if "fedtune" not in line:
+            continue
+        args = line.split()
+        flags = {}
+        for i, tok in enumerate(args):
+            if tok.startswith("--"):
+                flags[tok] = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+        found.append(flags)
+    return found
+
+
+def cell(flags: dict, root: Path) -> str:
+    return str(Path(flags["--output_root"]).relative_to(root / "r"))
+
+
+def test_table1_cells_seeds_and_fedot_with_and_without_distillation(tmp_path):
+    lines = dry("table1", tmp_path)
+    fed = runs(lines)
+    cells = {cell(f, tmp_path) for f in fed}
+    for task in ("minilm/bbc", "minilm/bbc-pairs", "vit-tiny/mnist"):
+        for method in ("FedPETuning", "FedOT", "FedOT-noKD", "FedPFT"):
+            assert f"table1/{task}/iid/{method}" in cells
+    assert all(f["--resume"] == "auto" for f in fed)
+    assert len(fed) == 12 * 3 and {f["--seed"] for f in fed} == {"1", "2", "3"}
+    fedot = {cell(f, tmp_path).split("/")[-1]: f["--sub_model_checkpoint"] for f in fed if f["--method"] == "fedot"}
+    assert fedot["FedOT"].endswith("emulator-distilled") and "emulator-distilled" not in fedot["FedOT-noKD"]
+    # the emulator gets the sub-FM's distillation budget
+    kd = [line for line in lines if "distill" in line and "--distill True" in line and "MiniLM" in line]
+    shape = r"--(layers_retained \S+ \S+|qk_rank \S+|intermediate_rank \S+|emulator_layers \S+|adapter_layers \S+ \S+|output_dir \S+)"
+    strip = [re.sub(shape, "", k).split() for k in kd]
+    assert len(kd) == 2 and strip[0] == strip[1]
+
+
+def test_table1_paper_shape_row_is_opt_in(tmp_path):
+    assert not any("mpnet" in line for line in dry("table1", tmp_path, VISION="0"))
+    fed = runs(dry("table1", tmp_path, VISION="0", PAPER_SHAPE="1"))
+    mpnet = [f for f in fed if "mpnet" in f["--model_checkpoint"]]
+    assert len(mpnet) == 4 and {f["--seed"] for f in mpnet} == {"1"}
+
+
+def test_table2_dirichlet_cells(tmp_path):
+    fed = runs(dry("table2", tmp_path))
+    assert len(fed) == 2 * 3 * 3 * 3
+    for f in fed:
+        setting = cell(f, tmp_path).split("/")[3]
+        assert f["--partitioner"] == "dir" and setting == f"dir{f['--dir_alpha']}"
+
+
+def test_table3_ablation_rows(tmp_path):
+    fed = runs(dry("table3", tmp_path))
+    rows = {cell(f, tmp_path).split("/")[-1]: f for f in fed}
+    distilled = {m: f["--sub_model_checkpoint"].endswith("-distilled") for m, f in rows.items()}
+    assert distilled == {"FedOT": True, "FedPFT_N": False, "FedPFT_B": True, "FedPFT_D": False, "FedPFT": True}
+    assert {m: rows[m]["--align_interval"] for m in ("FedPFT_N", "FedPFT_B", "FedPFT_D", "FedPFT")} == {
+        "FedPFT_N": "0",
+        "FedPFT_B": "0",
+        "FedPFT_D": "10",
+        "FedPFT": "10",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "interval", "retained"),
+    [("t5", "5", "0.5"), ("t10", "10", "0.5"), ("t20", "20", "0.5"), ("p0.3", "10", "0.7"), ("p0.8", "10", "0.2")],
+)
+def test_table4_interval_and_proportion(tmp_path, setting, interval, retained):
+    fed = [f for f in runs(dry("table4", tmp_path)) if cell(f, tmp_path).split("/")[3] == setting]
+    assert len(fed) == 3
+    for f in fed:  # p = 1 - retained ratio; t is given once
+        assert f["--align_interval"] == interval and f["--align_retained_ratio"] == retained
+
+
+def test_no_two_tables_share_an_output_root(tmp_path):
+    roots = {t: {cell(f, tmp_path) for f in runs(dry(t, tmp_path))} for t in ("table1", "table2", "table3", "table4")}
+    for t, cells in roots.items():
+        assert all(c.startswith(f"{t}/") for c in cells)
