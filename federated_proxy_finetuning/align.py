@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,6 +17,8 @@ from torch import nn
 from sub_model_construct.distill_model import LayerKD, prepare_for_distillation
 from sub_model_construct.families import Family, backbone, encoder_layers, family_of, ffn_linears
 from sub_model_construct.train_loop import OptimConfig, steps_for, train
+
+from .settings import AlignSettings
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +90,6 @@ def split_neurons(
     return torch.sort(order[:n_frozen]).values, torch.sort(order[n_frozen:]).values
 
 
-@dataclass
-class AlignConfig:
-    batch_size: int = 16  # per device (NLP reference; CV 32)
-    learning_rate: float = 6e-4  # NLP reference; CV 1e-3
-    warmup_ratio: float = 0.048
-    max_grad_norm: float = 1.0
-    epochs: float = 0.01  # fraction of one pass over the public corpus
-    retained_ratio: float = 0.5  # r: fraction of compressed-FFN neurons kept frozen (p = 1 - r updated)
-
-
 class FrozenNeurons:
     """Gradient mask + exact restore for the frozen neurons of each compressed layer's FFN."""
 
@@ -146,6 +137,30 @@ def alignment_parameters(model: nn.Module, family: Family, layers: Sequence[int]
     return named
 
 
+def split_all(rates: dict[int, torch.Tensor] | None, layers: Sequence[int], retained_ratio: float, seed: int):
+    """({layer: frozen}, {layer: updated}) neurons of every aligned layer; nothing frozen without statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    frozen, updated = {}, {}
+    if rates is not None and retained_ratio > 0:
+        for i in layers:
+            frozen[i], updated[i] = split_neurons(rates[i], retained_ratio, generator)
+    return frozen, updated
+
+
+@contextmanager
+def restoring_modes(*models: nn.Module):
+    """Trainable flags and train/eval modes of `models` as they were, whatever happens inside."""
+    flags = {id(p): p.requires_grad for m in models for p in m.parameters()}
+    modes = [m.training for m in models]
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            for p in m.parameters():
+                p.requires_grad_(flags[id(p)])
+            m.train(mode)
+
+
 def align(
     teacher: nn.Module,
     student: nn.Module,
@@ -153,65 +168,54 @@ def align(
     rates: dict[int, torch.Tensor] | None,
     data,
     collate,
-    config: AlignConfig,
+    config: AlignSettings,
     grad_accum_steps: int,
     seed: int,
     accelerator,
+    max_grad_norm: float = 1.0,
 ) -> dict:
     """One neuron-level alignment (spec §4.10): distil the FM (teacher, with the global adapter plugged in) into
     the sub-FM (student) on the public corpus, updating only the non-frozen neurons of the compressed layers.
 
     `rates` maps compressed layer -> zero-activation rate per neuron; None (or retained_ratio 0) updates everything.
-    Returns the training log. Trainable flags of both models are restored afterwards.
+    Returns the training log. Trainable flags and modes of both models are restored afterwards.
     """
     family = family_of(backbone(student).config)
     layers = [s for _, s in pairs]
-    saved_flags = {id(p): p.requires_grad for m in (teacher, student) for p in m.parameters()}
-    was_training = (teacher.training, student.training)
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # random crops/flips of an image corpus draw from the global RNG
-    frozen, updated = {}, {}
-    if rates is not None and config.retained_ratio > 0:
-        for i in layers:
-            frozen[i], updated[i] = split_neurons(rates[i], config.retained_ratio, generator)
-    named = alignment_parameters(student, family, layers)
-    prepare_for_distillation(teacher, student, [p for _, p in named])
-    guard = FrozenNeurons(student, family, frozen)
-    kd = LayerKD(teacher, student, pairs, alpha=0.0)
-    world = accelerator.num_processes
-    effective = config.batch_size * world * grad_accum_steps
+    frozen, updated = split_all(rates, layers, config.retained_ratio, seed)
+    effective = config.batch_size * accelerator.num_processes * grad_accum_steps
     steps = steps_for(len(data), effective, config.epochs)
     optim = OptimConfig(
         learning_rate=config.learning_rate,
-        weight_decay=0.0,
+        weight_decay=0.0,  # the gradient mask holds frozen neurons still only without weight decay
         lr_scheduler_type="linear",
         warmup_ratio=config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm,
+        max_grad_norm=max_grad_norm,
     )
-    try:
-        result = train(
-            named,
-            data,
-            collate,
-            kd,
-            optim=optim,
-            total_steps=steps,
-            micro_batch_size=config.batch_size,
-            effective_batch_size=effective,
-            seed=seed,
-            device=accelerator.device,
-            data_parallel=accelerator,
-            log_every=max(1, steps // 5),
-            grad_hook=guard.mask_gradients,
-            desc="align",
-        )
-    finally:
-        guard.restore()
-        for m in (teacher, student):
-            for p in m.parameters():
-                p.requires_grad_(saved_flags[id(p)])
-        teacher.train(was_training[0])
-        student.train(was_training[1])
+    with restoring_modes(teacher, student):
+        named = alignment_parameters(student, family, layers)
+        prepare_for_distillation(teacher, student, [p for _, p in named])
+        guard = FrozenNeurons(student, family, frozen)
+        try:
+            result = train(
+                named,
+                data,
+                collate,
+                LayerKD(teacher, student, pairs, alpha=0.0),
+                optim=optim,
+                total_steps=steps,
+                micro_batch_size=config.batch_size,
+                effective_batch_size=effective,
+                seed=seed,
+                device=accelerator.device,
+                data_parallel=accelerator,
+                log_every=max(1, steps // 5),
+                grad_hook=guard.mask_gradients,
+                desc="align",
+            )
+        finally:
+            guard.restore()
     result.update(
         changed_parameters=changed_parameters(student, family, layers, frozen),
         steps=steps,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from flgo.benchmark.toolkits.partition import DirichletPartitioner, DiversityPartitioner, IIDPartitioner
 
-from sub_model_construct.cli import atomic_write_text
+from sub_model_construct.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,11 @@
-"""The run folder (spec §4.12, ARCHITECTURE §3): config.json, metrics.jsonl, summary.json and round checkpoints
-from which --resume continues to the same result as an uninterrupted run. Only the main process writes."""
+"""The run folder (spec §4.12, ARCHITECTURE §3): config.json, metrics.jsonl, summary.json, align/round<r>.json and
+round checkpoints from which --resume continues to the same result as an uninterrupted run. Only the main process
+writes.
+
+A round checkpoint `server/checkpoint-round<r>/` holds the global adapter once, in PEFT format (what
+`PeftModel.from_pretrained(fm, path)` loads, and what a resume reads), and `server_state.pt` with the rest of the
+server's state (clients' sub-FM versions; with alignment, its accumulation counter and the sub-FM weights it changed).
+"""
 
 from __future__ import annotations
 
@@ -13,23 +19,11 @@ from pathlib import Path
 
 import torch
 
-from sub_model_construct.cli import atomic_write_json, atomic_write_text
+from sub_model_construct import io
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "flgo", "numpy", "scikit-learn")
-
-
-def run_name(args) -> str:
-    """Run folder name from the key hyper-parameters (spec §4.12 pattern, with the effective batch)."""
-    batch = args.per_device_train_batch_size * args.num_processes * args.gradient_accumulation_steps
-    aligning = args.method == "pft" and 0 < args.align_interval < args.num_rounds
-    name = (
-        f"{args.method}-lr{args.learning_rate}-lst{args.lr_scheduler_type}-bs{batch}-e{args.num_epochs}"
-        f"-rounds{args.num_rounds}-proportion{args.proportion}-lora-r{args.lora_rank}-alpha{args.lora_alpha}"
-        f"-align{aligning}-ai{args.align_interval}-ae{args.align_epochs}-arr{args.align_retained_ratio}"
-    )
-    if args.partitioner != "iid":
-        name += f"-{args.partitioner}{args.dir_alpha if args.partitioner == 'dir' else args.diversity}"
-    return name + f"-seed{args.seed}"
+CHECKPOINT_PREFIX = "checkpoint-round"
+STATE_FILE = "server_state.pt"
 
 
 def environment() -> dict:
@@ -50,6 +44,13 @@ def environment() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit = None
     return {"packages": versions, "git_commit": commit, "python": platform.python_version()}
+
+
+def read_adapter(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The adapter of a round checkpoint, keyed as `adapters.adapter_state` keys it (in FM layer names)."""
+    from peft.utils import load_peft_weights
+
+    return load_peft_weights(str(checkpoint), device="cpu")
 
 
 class RunFolder:
@@ -74,9 +75,12 @@ class RunFolder:
         except (OSError, ValueError, AttributeError):
             return False
 
-    def write_config(self, config: dict) -> None:
+    def write_json(self, relative: str | os.PathLike, obj) -> None:
         if self.is_main:
-            atomic_write_json(self.path / "config.json", {**config, "environment": environment()})
+            io.atomic_write_json(self.path / relative, obj)
+
+    def write_config(self, config: dict) -> None:
+        self.write_json("config.json", {**config, "environment": environment()})
 
     # ------------------------------------------------------------------ metrics
     def read_metrics(self) -> list[dict]:
@@ -84,17 +88,19 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
+    def _write_metrics(self, records: list[dict]) -> None:
+        if self.is_main:
+            io.atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
     def truncate_metrics(self, last_round: int) -> list[dict]:
         """Keep records up to `last_round` (a resumed run rewrites what came after its checkpoint)."""
         kept = [r for r in self.read_metrics() if r["round"] <= last_round]
-        if self.is_main:
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._write_metrics(kept)
         return kept
 
     def append_metrics(self, record: dict, history: list[dict]) -> None:
         history.append(record)
-        if self.is_main:
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        self._write_metrics(history)
 
     def write_summary(self, history: list[dict], metric: str, finished: bool, extra: dict) -> dict:
         key = f"eval_{metric}"
@@ -112,37 +118,33 @@ class RunFolder:
                 best_metric=best["fm"][key],
                 best_model_checkpoint=str(self.checkpoint_dir(best["round"])),
             )
-        if self.is_main:
-            atomic_write_json(self.path / "summary.json", summary)
+        self.write_json("summary.json", summary)
         return summary
+
+    @staticmethod
+    def best_rounds(history: list[dict], metric: str) -> set[int]:
+        """The round whose FM scored best (the earliest of equals): its checkpoint is kept."""
+        key = f"eval_{metric}"
+        scored = [(r["fm"][key], -r["round"], r["round"]) for r in history if key in r.get("fm", {})]
+        return {max(scored)[2]} if scored else set()
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_dir(self, round_index: int) -> Path:
-        return self.server / f"checkpoint-round{round_index}"
+        return self.server / f"{CHECKPOINT_PREFIX}{round_index}"
 
     def save_checkpoint(self, round_index: int, fm_peft, state: dict, keep: set[int]) -> None:
-        """Adapter in PEFT format (loadable with PeftModel.from_pretrained on the FM) + server state; older round
-        checkpoints not in `keep` are removed. Written to a temp folder and renamed: a crash never leaves a half
-        checkpoint behind."""
+        """The FM's adapter in PEFT format + the server state, atomically; older round checkpoints not in `keep`
+        are removed."""
         if not self.is_main:
             return
-        final = self.checkpoint_dir(round_index)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        fm_peft.save_pretrained(str(tmp))
-        torch.save(state, tmp / "server_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in self.server.glob("checkpoint-round*"):
-            suffix = old.name.removeprefix("checkpoint-round")
-            if suffix.isdigit() and int(suffix) not in keep | {round_index}:
-                shutil.rmtree(old, ignore_errors=True)
+        io.save_checkpoint(
+            self.checkpoint_dir(round_index), lambda tmp: fm_peft.save_pretrained(str(tmp)), state, STATE_FILE
+        )
+        io.prune_checkpoints(self.server, CHECKPOINT_PREFIX, keep | {round_index})
 
     def latest_checkpoint(self) -> Path | None:
-        found = [
-            (int(p.name.removeprefix("checkpoint-round")), p)
-            for p in self.server.glob("checkpoint-round*")
-            if p.name.removeprefix("checkpoint-round").isdigit() and (p / "server_state.pt").is_file()
-        ]
-        return max(found)[1] if found else None
+        return io.latest_checkpoint(self.server, CHECKPOINT_PREFIX, STATE_FILE)
+
+    @staticmethod
+    def read_state(checkpoint: Path) -> dict:
+        return io.load_state(checkpoint, STATE_FILE)

@@ -7,8 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,8 @@ import numpy as np
 import torch
 
 import datasets
-from sub_model_construct.corpus import image_transform, text_collator
+from sub_model_construct.corpus import CorpusError, image_normalisation, image_transform, text_collator
+from sub_model_construct.io import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -222,22 +221,6 @@ def _tokenize(raw: datasets.DatasetDict, keys: Sequence[str], tokenizer, max_len
     return raw.map(encode, batched=True, remove_columns=list(keys), keep_in_memory=True, desc=f"tokenising {task_name}")
 
 
-def _save_atomically(data: datasets.DatasetDict, target: Path) -> None:
-    """Write to a temp folder beside `target`, then rename, so a crash or a concurrent writer never leaves a
-    half-written cache behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        data.save_to_disk(str(tmp))
-        os.replace(tmp, target)
-    except OSError:
-        if not _is_saved_dict(target):
-            raise
-        logger.debug("another process wrote %s first", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _tokenize_cached(raw, keys, tokenizer, max_length, cache_dir, task_name) -> datasets.DatasetDict:
     if cache_dir is None:
         return _tokenize(raw, keys, tokenizer, max_length, task_name)
@@ -245,7 +228,8 @@ def _tokenize_cached(raw, keys, tokenizer, max_length, cache_dir, task_name) -> 
     if _is_saved_dict(target):
         logger.info("reusing tokenised %s from %s", task_name, target)
     else:
-        _save_atomically(_tokenize(raw, keys, tokenizer, max_length, task_name), target)
+        with atomic_folder(target, keep_existing=True) as tmp:  # a concurrent writer's copy is kept
+            _tokenize(raw, keys, tokenizer, max_length, task_name).save_to_disk(str(tmp))
         logger.info("tokenised %s cached at %s", task_name, target)
     return datasets.load_from_disk(str(target))  # memory-mapped, identical on first and later loads
 
@@ -315,20 +299,6 @@ def _image_column(train: datasets.Dataset, requested: str | None) -> str:
     return typed[0]
 
 
-def _normalisation(stats, num_channels: int | None) -> tuple[list[float], list[float], int]:
-    """Mean/std from a transformers image processor or a dict, fitted to the model's channel count."""
-    get = stats.get if isinstance(stats, dict) else lambda key, default=None: getattr(stats, key, default)
-    mean, std = [float(v) for v in get("image_mean")], [float(v) for v in get("image_std")]
-    channels = num_channels or get("num_channels", None) or len(mean)
-    if len(mean) == channels:
-        return mean, std, channels
-    if len(mean) == 1:  # one value for every channel
-        return mean * channels, std * channels, channels
-    if channels == 1:  # RGB statistics for a grayscale model: use their average
-        return [sum(mean) / len(mean)], [sum(std) / len(std)], 1
-    raise TaskError(f"image statistics have {len(mean)} channels but the model expects {channels}")
-
-
 def _image_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
@@ -363,7 +333,10 @@ def load_image_task(
     flowers = "flowers" in str(root).lower()
     names = _label_names(raw, label_name, ["train", eval_split], FLOWERS_CLASSES if flowers else 0)
     id2label, label2id = _mapping(names)
-    mean, std, channels = _normalisation(image_processor_or_stats, num_channels)
+    try:
+        mean, std, channels = image_normalisation(image_processor_or_stats, num_channels)
+    except CorpusError as exc:
+        raise TaskError(str(exc)) from exc
     train_labels = [int(v) for v in raw["train"][label_name]]  # before the transform: no image decoding
 
     def lazily(transform):

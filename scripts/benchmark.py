@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from federated_proxy_finetuning.fedparty import adapter_state, aggregate, load_adapter, lora_target_regex
+from federated_proxy_finetuning.adapters import adapter_state, aggregate, load_adapter, with_lora
 from sub_model_construct.families import FAMILIES
 from sub_model_construct.sub_model import build_layer_drop_emulator, build_sub_model, encoder_layer_parameters
 
@@ -60,19 +60,6 @@ def ffn_flops_ratio(layers: int, hidden: int, ffn: int, rank: int, kept: int, se
     full = layers * (attention + 2 * hidden * ffn)
     sub = layers * attention + kept * 2 * hidden * ffn + (layers - kept) * 2 * hidden * rank
     return sub / full
-
-
-def with_lora(model, family, layers, rank):
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.1,
-        target_modules=lora_target_regex(family, layers),
-        modules_to_save=["classifier"],
-    )
-    return get_peft_model(model, config)
 
 
 def batch_for(family: str, batch: int, seq: int, image_size: int, num_labels: int):
@@ -130,9 +117,11 @@ def main() -> int:
         "emulator (FedOT)": encoder_layer_parameters(emulator),
     }  # before LoRA is injected
     models = {
-        "FM (FedPETuning)": with_lora(fm, family, range(L), args.lora_rank),
-        "sub-FM (FedPFT)": with_lora(sub, family, range(L), args.lora_rank),
-        "emulator (FedOT)": with_lora(emulator, family, [0, emulator.config.num_hidden_layers - 1], args.lora_rank),
+        "FM (FedPETuning)": with_lora(fm, family, range(L), args.lora_rank, 2 * args.lora_rank),
+        "sub-FM (FedPFT)": with_lora(sub, family, range(L), args.lora_rank, 2 * args.lora_rank),
+        "emulator (FedOT)": with_lora(
+            emulator, family, [0, emulator.config.num_hidden_layers - 1], args.lora_rank, 2 * args.lora_rank
+        ),
     }
     batch = batch_for(args.family, args.batch, args.seq, args.image_size, 2)
     optimizers = {

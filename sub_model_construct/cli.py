@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 TRUE = {"true", "1", "yes", "y", "on"}
 FALSE = {"false", "0", "no", "n", "off"}
@@ -60,30 +56,6 @@ def setup_logging(is_main: bool = True) -> None:
         pass
 
 
-def require_dir(path: str, what: str, hint: str) -> None:
-    if not os.path.isdir(path):
-        raise UsageError(f"{what} folder {path} not found; {hint}")
-
-
 FETCH_HINT = (
     "fetch the embedded assets with `bash scripts/fetch_assets.sh` (paper assets: see pretrain_models/README.md)"
 )
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")

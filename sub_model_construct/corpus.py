@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 import datasets
+
+from .io import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +151,8 @@ def text_blocks(
         desc="tokenising corpus into blocks",
     )
     if target is not None:
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        blocks.save_to_disk(str(tmp))
-        os.replace(tmp, target)
+        with atomic_folder(target, keep_existing=True) as tmp:
+            blocks.save_to_disk(str(tmp))
         blocks = datasets.load_from_disk(str(target))
     return blocks
 
@@ -192,6 +191,28 @@ def image_transform(
         steps += [T.Resize(image_size), T.CenterCrop(image_size)]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
+
+
+def image_normalisation(stats, num_channels: int | None) -> tuple[list[float], list[float], int]:
+    """(mean, std, channels) from a transformers image processor or a dict, fitted to the model's channel count: the
+    one normalisation of distillation, alignment and the downstream task, so public-corpus and task images are
+    normalised alike. One value serves every channel; RGB statistics for a one-channel model are averaged."""
+    get = stats.get if isinstance(stats, dict) else lambda key, default=None: getattr(stats, key, default)
+    mean, std = [float(v) for v in get("image_mean")], [float(v) for v in get("image_std")]
+    channels = num_channels or get("num_channels", None) or len(mean)
+    if len(mean) == channels:
+        return mean, std, channels
+    if len(mean) == 1:
+        return mean * channels, std * channels, channels
+    if channels == 1:
+        return [sum(mean) / len(mean)], [sum(std) / len(std)], 1
+    raise CorpusError(f"image statistics have {len(mean)} channels but the model expects {channels}")
+
+
+def fm_image_transform(processor, fm_config, image_size: int, train: bool, **augment):
+    """`image_transform` normalised for the FM (its processor's statistics, its channel count)."""
+    mean, std, channels = image_normalisation(processor, fm_config.num_channels)
+    return image_transform(image_size, mean, std, channels, train=train, **augment)
 
 
 class ImageCorpus(torch.utils.data.Dataset):

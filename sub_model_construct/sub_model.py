@@ -25,9 +25,6 @@ from .families import Family, backbone, encoder_layers, family_of, ffn_linears
 
 logger = logging.getLogger(__name__)
 
-# config keys that mark a checkpoint as a sub-FM (spec §2.7) plus what is needed to rebuild and check it
-SUB_FM_KEYS = ("layers_retained", "intermediate_rank", "qk_rank", "ffn_widths", "layer_map", "layer_targets")
-
 
 class SubModelError(ValueError):
     """Bad construction arguments or an inconsistent sub-FM checkpoint."""

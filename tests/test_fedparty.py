@@ -8,22 +8,17 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from federated_proxy_finetuning.adapters import LayerRenamer, aggregate, lora_target_regex
 from federated_proxy_finetuning.align import (
-    AlignConfig,
     ZeroActivationCounter,
     align,
     next_grad_accum,
     split_neurons,
     zero_activation_rates,
 )
-from federated_proxy_finetuning.fedparty import (
-    LayerRenamer,
-    aggregate,
-    client_seed,
-    lora_target_regex,
-    round_learning_rate,
-    sample_schedule,
-)
+from federated_proxy_finetuning.client import client_seed, round_learning_rate
+from federated_proxy_finetuning.server import sample_schedule
+from federated_proxy_finetuning.settings import AlignSettings
 from sub_model_construct.families import FAMILIES, encoder_layers, ffn_linears
 from sub_model_construct.sub_model import build_sub_model, compressed_layers
 from tests import tiny
@@ -151,7 +146,7 @@ def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_
 
     rates = {i: torch.rand(16, generator=torch.Generator().manual_seed(i)) for i in layers}
     before = copy.deepcopy(sub)
-    config = AlignConfig(batch_size=4, learning_rate=1e-2, epochs=1.0, retained_ratio=0.5)
+    config = AlignSettings(batch_size=4, learning_rate=1e-2, epochs=1.0, retained_ratio=0.5)
     result = align(fm, sub, [(i, i) for i in layers], rates, data, collate, config, 1, seed=0, accelerator=OneProcess())
     assert result["steps"] == 4 and result["frozen_per_layer"] == {1: 8, 2: 8}
     for i in layers:

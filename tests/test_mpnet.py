@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, MPNetConfig, MPNetModel
 
-from federated_proxy_finetuning.fedparty import lora_target_regex
+from federated_proxy_finetuning.adapters import lora_target_regex
 from sub_model_construct.distill_model import distillation_parameters
 from sub_model_construct.families import (
     FAMILIES,

@@ -1,0 +1,119 @@
+"""The one seam between text and image runs (spec §4.2): task loading, public corpus, head class, normalisation and
+the command line's defaults. Everything else is the same program; it asks the run's `Modality` and never checks a
+modality string itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sub_model_construct import corpus as corpus_lib
+from sub_model_construct.cli import UsageError
+
+from .settings import FedSettings
+from .tasks import TaskData, TaskError, load_image_task, load_text_task
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    script: str  # the command line for this modality
+    defaults: dict = field(default_factory=dict)  # flag -> default where this command line differs
+
+    def head_class(self):
+        raise NotImplementedError
+
+    def preprocessor(self, settings: FedSettings):
+        """The FM's tokenizer or image processor."""
+        raise NotImplementedError
+
+    def load_task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
+        raise NotImplementedError
+
+    def public_corpus(self, settings: FedSettings, preprocessor, fm_config):
+        """(items, collate) of the public corpus for neuron-level alignment (spec §4.10), loaded once."""
+        raise NotImplementedError
+
+    def task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
+        try:
+            return self.load_task(settings, preprocessor, fm_config)
+        except TaskError as exc:
+            raise UsageError(str(exc)) from exc
+
+    def corpus(self, settings: FedSettings, preprocessor, fm_config):
+        try:
+            return self.public_corpus(settings, preprocessor, fm_config)
+        except corpus_lib.CorpusError as exc:
+            raise UsageError(f"alignment requested (--align_interval {settings.align.interval}) but {exc}") from exc
+
+
+class Text(Modality):
+    def head_class(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def preprocessor(self, settings: FedSettings):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(settings.model_checkpoint)
+
+    def load_task(self, settings: FedSettings, tokenizer, fm_config) -> TaskData:
+        s = settings
+        return load_text_task(s.task_name, s.dataset_path, tokenizer, s.max_length, s.cache_dir, s.dataset_label_name)
+
+    def public_corpus(self, settings: FedSettings, tokenizer, fm_config):
+        a = settings.align
+        paths = [a.text_corpus_1 or None, a.text_corpus_2 or None]
+        if not any(paths):
+            raise corpus_lib.CorpusError("alignment needs a public corpus: give --distill_dataset1_path")
+        raw = corpus_lib.load_text_corpora(paths, [None, a.text_corpus_2_config])
+        blocks = corpus_lib.text_blocks(raw, tokenizer, a.block_size, settings.cache_dir)
+        return blocks, corpus_lib.text_collator(tokenizer)
+
+
+class Image(Modality):
+    def head_class(self):
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification
+
+    def preprocessor(self, settings: FedSettings):
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(settings.model_checkpoint)
+
+    def load_task(self, settings: FedSettings, processor, fm_config) -> TaskData:
+        size = settings.image_size or fm_config.image_size
+        task = load_image_task(
+            settings.dataset_path,
+            processor,
+            size,
+            settings.dataset_label_name,
+            hflip=settings.hflip,
+            min_crop_scale=settings.min_crop_scale,
+            num_channels=fm_config.num_channels,
+        )
+        if size != fm_config.image_size:  # the reference trains ViT at 384 px with interpolated position embeddings
+            base_collate = task.collate_fn
+            task.collate_fn = lambda rows: {**base_collate(rows), "interpolate_pos_encoding": True}
+        return task
+
+    def public_corpus(self, settings: FedSettings, processor, fm_config):
+        # the task's normalisation (corpus.image_normalisation), so public and task images look alike to the FM
+        transform = corpus_lib.fm_image_transform(processor, fm_config, fm_config.image_size, train=True)
+        return corpus_lib.load_image_corpus(settings.align.image_corpus, transform), corpus_lib.image_collate
+
+
+_IMAGE_DEFAULTS = {
+    "dataset_path": "../datasets/cifar-10",
+    "per_device_eval_batch_size": 128,
+    "align_batch_size": 32,
+    "align_learning_rate": 1e-3,
+    "align_grad_accum_start": 64,
+    "align_grad_accum_min": 8,
+}
+MODALITIES: dict[str, Modality] = {
+    "text": Text("text", "fedtune.py"),
+    "image": Image("image", "fedtune_cv.py", _IMAGE_DEFAULTS),
+}

@@ -1,0 +1,266 @@
+"""The server's round loop (spec §4.5, flgo-style): sample -> train -> aggregate -> plug in -> evaluate -> align ->
+checkpoint. The clients of a round are spread over the processes (client-parallel), their updates gathered, and
+every process aggregates identically; evaluation and alignment are data-parallel.
+
+The global adapter lives in one place, `Server.global_state` (in client-model layer names); `plug_in` puts it into
+the FM, once a round, before evaluation, alignment and the checkpoint, so all three see this round's adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sub_model_construct.families import backbone, family_of
+
+from .adapters import FederatedError, adapter_state, aggregate, load_adapter, state_bytes
+from .align import zero_activation_rates
+from .aligner import Aligner
+from .client import ClientTrainer, ClientUpdate, evaluate, round_learning_rate
+from .communication import SubFMSync, ffn_shapes, model_bytes
+from .results import RunFolder, read_adapter
+from .settings import FedSettings
+from .tasks import TaskData
+
+logger = logging.getLogger(__name__)
+
+
+def sample_schedule(
+    num_clients: int, proportion: float, rounds: int, mode: str, sizes: Sequence[int], seed: int
+) -> list[list[int]]:
+    """Clients drawn for rounds 1..R (spec §4.5), from one seeded stream, so pre-sampling or not gives the same
+    draws and a resumed run sees the same schedule. uniform: K without replacement; full: everyone; md: K with
+    replacement, probability proportional to data size (duplicates kept: they weigh the aggregation)."""
+    k = max(int(num_clients * proportion), 1)
+    rng = np.random.RandomState(seed)
+    schedule = []
+    for _ in range(rounds):
+        if mode == "full":
+            schedule.append(list(range(num_clients)))
+        elif mode == "uniform":
+            schedule.append(sorted(rng.choice(num_clients, k, replace=False).tolist()))
+        elif mode == "md":
+            p = np.asarray(sizes, dtype=float) / sum(sizes)
+            schedule.append(sorted(rng.choice(num_clients, k, replace=True, p=p).tolist()))
+        else:
+            raise ValueError(f"unknown sampling {mode!r}")
+    return schedule
+
+
+def multiplicities(selected: Sequence[int]) -> list[tuple[int, int]]:
+    """(client, times drawn) in ascending client order."""
+    return sorted(Counter(selected).items())
+
+
+@dataclass
+class Federation:
+    """Everything the round loop needs, built at start-up (assemble.py)."""
+
+    settings: FedSettings
+    accelerator: object
+    task: TaskData
+    fm: object  # PeftModel over the FM: evaluated, the alignment teacher, checkpointed
+    client_model: object  # PeftModel over the sub-FM or emulator, or the same object as `fm` (FedPETuning)
+    renamer: object  # adapters.LayerRenamer: client-model layer names <-> FM layer names
+    clients: ClientTrainer
+    schedule: list[list[int]]
+    run: RunFolder
+    metric: str
+    aligner: Aligner | None = None  # FedPFT only
+    info: dict = field(default_factory=dict)  # start-up facts repeated in summary.json
+
+
+class Server:
+    def __init__(self, fed: Federation) -> None:
+        self.f = fed
+        self.global_state = fed.renamer.to_sub(adapter_state(fed.fm))
+        self.history: list[dict] = []
+        self.start_round = 0
+        self.resumed = False
+        self.last_client_adapter: dict | None = None
+        model, settings = fed.client_model, fed.settings
+        family = family_of(backbone(model).config)
+        layers = fed.aligner.layers if fed.aligner else []
+        # the sub-FM changes each client still lacks (spec §4.10 W_fro sync), and the one-time model shipping
+        self.sync = SubFMSync(ffn_shapes(model, family, layers), settings.num_clients, _element_size(model))
+        self.client_model_bytes = model_bytes(model, family.head)
+        self.data_split = "server_val" if settings.partition.test_holdout > 0 else "server_test"  # spec §4.12
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        s = self.f.settings
+        if not self.resumed and s.eval_interval > 0:
+            self.round_zero()
+        for r in range(self.start_round + 1, s.num_rounds + 1):
+            self.round(r)
+            if s.stop_after_round and r == s.stop_after_round and r < s.num_rounds:
+                logger.info("stopping after round %d as asked (--stop_after_round); continue with --resume", r)
+                return self.write_summary(finished=False)
+        return self.write_summary(finished=True)
+
+    def round(self, r: int) -> None:
+        s, aligner = self.f.settings, self.f.aligner
+        lr = round_learning_rate(
+            s.lr_scheduler_type, s.learning_rate, r, s.num_rounds, s.lr_decay, s.lr_type2_reference
+        )
+        collect = aligner is not None and aligner.collects_in(r)
+        t0 = time.perf_counter()
+        updates = self.train_clients(r, lr, collect)
+        t1 = time.perf_counter()
+        self.aggregate(r, updates)
+        self.plug_in()
+        t2 = time.perf_counter()
+        record = {"round": r, "learning_rate": lr, **self.client_record(updates, collect)}
+        if s.evaluates_in(r):
+            record.update(self.evaluate())
+        t3 = time.perf_counter()
+        record["aligned"] = aligner is not None and aligner.aligns_in(r)
+        if record["aligned"]:
+            record["align"] = self.align(r, updates, collect)
+        t4 = time.perf_counter()
+        record["seconds"] = {"train": t1 - t0, "aggregate": t2 - t1, "eval": t3 - t2, "align": t4 - t3}
+        self.log_round(record)
+        self.checkpoint(r)
+        self.write_summary(finished=r == s.num_rounds)
+
+    def round_zero(self) -> None:
+        """Round 0: the FM with the initial adapter (spec §4.11)."""
+        record = {"round": 0, "learning_rate": None, "aligned": False, "data_split": self.data_split}
+        record.update(bytes_sent=0, bytes_received=0, bytes_sent_cumulative=0, bytes_received_cumulative=0)
+        self.plug_in()
+        record["fm"] = evaluate(self.f.fm, self.f.task, self.f.settings.per_device_eval_batch_size, self.f.accelerator)
+        self.log_round(record)
+        self.checkpoint(0)
+
+    # ------------------------------------------------------------------ the steps of a round
+    def train_clients(self, r: int, lr: float, collect: bool) -> list[ClientUpdate]:
+        """The round's clients, spread over the processes, trained from the global adapter and gathered."""
+        acc, s = self.f.accelerator, self.f.settings
+        draws = multiplicities(self.f.schedule[r - 1])
+        bar = tqdm(total=len(draws), desc=f"round {r} clients", disable=not acc.is_main_process, leave=False)
+        updates = []
+        for client, _ in draws[acc.process_index :: acc.num_processes]:
+            updates.append(self.f.clients.train(client, r, lr, self.global_state, s.seed, collect))
+            bar.update(acc.num_processes)
+        bar.close()
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            updates = gather_object(updates)
+        updates.sort(key=lambda u: u.client)
+        failed = [u for u in updates if u.error]
+        if failed:
+            raise FederatedError(
+                f"round {r}, client {failed[0].client}: {failed[0].error}; "
+                f"last good checkpoint: {self.f.run.latest_checkpoint() or 'none (round 0)'}"
+            )
+        return updates
+
+    def aggregate(self, r: int, updates: list[ClientUpdate]) -> None:
+        counts = dict(multiplicities(self.f.schedule[r - 1]))
+        self.last_client_adapter = updates[-1].adapter
+        self.global_state = aggregate(
+            [(u.adapter, u.num_examples, counts[u.client]) for u in updates],
+            self.f.settings.aggregate,
+            self.global_state,
+            self.f.clients.total_examples,
+            self.f.settings.num_clients,
+        )
+
+    def plug_in(self) -> None:
+        """The one plug-in point (spec §4.11): the global adapter into the FM, renamed to the FM's layers."""
+        load_adapter(self.f.fm, self.f.renamer.to_fm(self.global_state))
+
+    def evaluate(self) -> dict:
+        """The FM with the plugged-in adapter, and the client model with the global one unless it is the FM."""
+        f, batch = self.f, self.f.settings.per_device_eval_batch_size
+        record = {"fm": evaluate(f.fm, f.task, batch, f.accelerator)}
+        if f.settings.eval_sub_model and f.client_model is not f.fm:
+            load_adapter(f.client_model, self.global_state)
+            record["sub_fm"] = evaluate(f.client_model, f.task, batch, f.accelerator)
+        return record
+
+    def align(self, r: int, updates: list[ClientUpdate], collect: bool) -> dict:
+        rates = zero_activation_rates([u.stats for u in updates]) if collect else None
+        f = self.f
+        result = f.aligner.run(
+            f.fm, f.client_model, rates, r, f.accelerator, self.global_state, self.last_client_adapter
+        )
+        self.sync.record_alignment(result.pop("updated_neurons"))
+        f.run.write_json(Path("align") / f"round{r}.json", result)
+        return f.aligner.summary(result)
+
+    def client_record(self, updates: list[ClientUpdate], collect: bool) -> dict:
+        """Clients, their mean loss and the round's bytes (spec §4.4, §4.9-4.10): down, the global adapter plus the
+        sub-FM changes each selected client lacks; up, the adapters plus zero-activation counts when collected."""
+        adapter_bytes = state_bytes(self.global_state)
+        sent = sum(adapter_bytes + self.sync.send(u.client) for u in updates)
+        received = sum(state_bytes(u.adapter) for u in updates)
+        if collect:
+            received += sum(state_bytes(u.stats["zero_counts"]) for u in updates)
+        last = self.history[-1] if self.history else {}
+        return {
+            "clients": [u.client for u in updates],
+            "client_loss": float(np.mean([u.loss for u in updates])),
+            "data_split": self.data_split,
+            "bytes_sent": sent,
+            "bytes_received": received,
+            "bytes_sent_cumulative": last.get("bytes_sent_cumulative", 0) + sent,
+            "bytes_received_cumulative": last.get("bytes_received_cumulative", 0) + received,
+        }
+
+    # ------------------------------------------------------------------ results, checkpoints, resume
+    def log_round(self, record: dict) -> None:
+        self.f.run.append_metrics(record, self.history)
+        fm = {k: round(v, 4) for k, v in record.get("fm", {}).items() if k.endswith(("accuracy", "f1", "loss"))}
+        sub = {k: round(v, 4) for k, v in (record.get("sub_fm") or {}).items() if k.endswith("accuracy")}
+        if self.f.accelerator.is_main_process:
+            logger.info("Round %d FM %s sub-FM %s", record["round"], fm, sub or "-")
+
+    def checkpoint(self, r: int) -> None:
+        """The FM's adapter in PEFT format (plugged in this round: the global one) plus the server's state."""
+        state = {"round": r, "sync": self.sync.state_dict()}
+        if self.f.aligner is not None:
+            state.update(self.f.aligner.state_dict(self.f.client_model))
+        self.f.run.save_checkpoint(r, self.f.fm, state, keep=self.f.run.best_rounds(self.history, self.f.metric))
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue after `checkpoint`: the global adapter is read from its PEFT files, the one stored copy."""
+        state = self.f.run.read_state(checkpoint)
+        self.start_round, self.resumed = state["round"], True
+        self.global_state = self.f.renamer.to_sub(read_adapter(checkpoint))
+        self.sync.load_state_dict(state["sync"])
+        if self.f.aligner is not None:
+            self.f.aligner.load_state_dict(state, self.f.client_model)
+        self.history = self.f.run.truncate_metrics(self.start_round)
+        logger.info("resumed from %s (round %d)", checkpoint, self.start_round)
+
+    def write_summary(self, finished: bool) -> dict:
+        last = self.history[-1] if self.history else {}
+        communication = {
+            "bytes_sent": last.get("bytes_sent_cumulative", 0),
+            "bytes_received": last.get("bytes_received_cumulative", 0),
+            "client_model_bytes": self.client_model_bytes,
+            # one-time: every client receives the client model (sub-FM, emulator or FM) before its first round
+            "model_shipping_bytes": self.client_model_bytes * self.f.settings.num_clients,
+            "sub_fm_version": self.sync.version,
+        }
+        extra = {
+            "method": self.f.settings.method,
+            "rounds": self.f.settings.num_rounds,
+            "communication": communication,
+            "round_seconds": sum(sum(r.get("seconds", {}).values()) for r in self.history),
+            **self.f.info,
+        }
+        return self.f.run.write_summary(self.history, self.f.metric, finished=finished, extra=extra)
+
+
+def _element_size(model) -> int:
+    return next(model.parameters()).element_size()

@@ -1,0 +1,302 @@
+"""Settings of a federated run (spec §4.1): every flag of the reference's fedtune.py / fedtune_cv.py with its name,
+meaning, help and checked range, as frozen dataclasses. Derived facts (is this run aligning? the effective batch,
+the run name) are properties computed once, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from sub_model_construct.cli import FETCH_HINT, UsageError, str2bool
+from sub_model_construct.settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SHARE, Range, group, option
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a method is made of (spec §4.13): which model the clients train, and whether the server aligns it."""
+
+    client: str  # "FM" (LoRA on the FM itself), "sub-FM" (FFN-compressed) or "emulator" (layer drop)
+    aligns: bool
+
+
+METHODS = {
+    "pft": Method(client="sub-FM", aligns=True),  # FedPFT
+    "peft": Method(client="FM", aligns=False),  # FedPETuning
+    "fedot": Method(client="emulator", aligns=False),  # FedOT
+}
+
+
+def resume_mode(value: str) -> bool | str:
+    """--resume: a boolean, or "auto" (skip finished, resume interrupted, start the rest)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return str2bool(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected True/False/auto, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA on the attention projections, plus the head trained whole (spec §4.4)"""
+
+    rank: int = option(4, "LoRA rank", valid=AT_LEAST_ONE, flag="lora_rank")
+    alpha: float = option(16, "LoRA alpha (scaling alpha / rank)", parse=float, valid=POSITIVE, flag="lora_alpha")
+    dropout: float = option(0.1, "dropout on the LoRA input", valid=Range(0, 1), flag="lora_dropout")
+    bias: str = option("none", "which biases train", choices=("none", "all", "lora_only"))
+    modules_to_save: tuple[str, ...] | None = option(
+        None, "modules trained whole and communicated (default: the family's head)", nargs="*"
+    )
+
+
+@dataclass(frozen=True)
+class PartitionSettings:
+    """Client partition (spec §4.3, flgo) and the local/server holdouts (spec §4.1)"""
+
+    partitioner: str = option("iid", "iid, Dirichlet (dir) or class diversity (div)", choices=("iid", "dir", "div"))
+    dir_alpha: float = option(1.0, "Dirichlet Dir(alpha*p) concentration", valid=POSITIVE)
+    diversity: float = option(1.0, "fraction of classes per client (div)", valid=Range(0, 1, low_open=True))
+    imbalance: float = option(0.0, "client data-size imbalance (0 = equal)", valid=NON_NEGATIVE)
+    seed: int | None = option(
+        None,
+        "seed of the client partition (default: --seed); the partition cache is keyed by it",
+        parse=int,
+        flag="partition_seed",
+    )
+    train_holdout: float = option(
+        0.0, "share of each client's data held out as its local validation set (not trained on)", valid=SHARE
+    )
+    test_holdout: float = option(
+        0.0, "share of each server eval split used as a validation split, evaluated instead (server_val)", valid=SHARE
+    )
+    task_root: str = option("./task", "where partitions are cached")
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """Neuron-level alignment on the public corpus (spec §4.9-4.10)"""
+
+    interval: int = option(10, "t; alignment only when 0 < t < num_rounds", valid=NON_NEGATIVE, flag="align_interval")
+    epochs: float = option(
+        0.01, "fraction of a public-corpus epoch per alignment", valid=NON_NEGATIVE, flag="align_epochs"
+    )
+    retained_ratio: float = option(0.5, "r: frozen share; updated p = 1 - r", valid=SHARE, flag="align_retained_ratio")
+    retained_layers_idx: tuple[int, ...] | None = option(
+        None,
+        "optional; must equal the sub-FM's layers_retained (read from its config, spec §6.4)",
+        parse=int,
+        nargs="*",
+    )
+    batch_size: int = option(16, "per-device batch of public-corpus items", valid=AT_LEAST_ONE, flag="align_batch_size")
+    learning_rate: float = option(6e-4, "alignment learning rate", valid=POSITIVE, flag="align_learning_rate")
+    warmup_ratio: float = option(0.048, "linear warm-up share", valid=Range(0, 1), flag="align_warmup_ratio")
+    grad_accum_start: int = option(
+        32,
+        "accumulation counter, halved before each alignment down to the floor",
+        valid=AT_LEAST_ONE,
+        flag="align_grad_accum_start",
+    )
+    grad_accum_min: int = option(
+        2, "floor of the accumulation counter", valid=AT_LEAST_ONE, flag="align_grad_accum_min"
+    )
+    adapter: str = option(
+        "global",
+        "global: teacher and student carry the aggregated adapter; reference: spec §6.5",
+        choices=("global", "reference"),
+        flag="align_adapter",
+    )
+    text_corpus_1: str = option(
+        "../datasets/bookcorpus", "public corpus ('' to skip)", flag="distill_dataset1_path", modality="text"
+    )
+    text_corpus_2: str = option(
+        "../datasets/wikipedia", "public corpus ('' to skip)", flag="distill_dataset2_path", modality="text"
+    )
+    text_corpus_2_config: str = option("20220301.en", "", flag="distill_dataset2_config", modality="text")
+    block_size: int = option(
+        512, "tokens per public-corpus block", valid=AT_LEAST_ONE, flag="align_block_size", modality="text"
+    )
+    image_corpus: str = option(
+        "../datasets/IMAGENET", "public image corpus (alignment)", flag="distill_dataset_path", modality="image"
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceFlags:
+    """Accepted for compatibility with the reference command lines (no effect)"""
+
+    fp16: bool = option(False, "refused: the runs are float32")
+    save_client: bool = option(False, "no effect")
+    dataloader_num_workers: int = option(0, "no effect")
+    remove_unused_columns: bool = option(False, "no effect")
+    push_to_hub: bool = option(False, "no effect")
+    num_virtual_tokens: int | None = option(None, "no effect", parse=int)
+    tuning_method: str = option("lora", "only lora is implemented (as in the reference)")
+    evaluate_path: str | None = option(None, "no effect")
+    label_names: tuple[str, ...] = option(("labels",), "no effect", nargs="*")
+    num_train_epochs: float | None = option(None, "accepted; unused (as in the reference)", parse=float)
+
+
+@dataclass(frozen=True)
+class FedSettings:
+    """Models, task, federation and client training (spec §4.1, §4.5-4.8)"""
+
+    model_checkpoint: str = option(help="FM folder (transformers format)")
+    task_name: str = option(help="sst2, qnli, mnli, qqp, ..., bbc (text); any name (image)")
+    sub_model_checkpoint: str | None = option(None, "sub-FM folder from distill.py (pft; optional for fedot)")
+    method: str = option(
+        "peft",
+        "pft = FedPFT, peft = FedPETuning (LoRA on the full FM), fedot = FedOT (layer-drop emulator)",
+        choices=tuple(METHODS),
+    )
+    emulator_layers: int | None = option(
+        None,
+        "fedot without --sub_model_checkpoint: middle layers kept by uniform layer drop "
+        "(default: half of the middle layers)",
+        parse=int,
+        valid=AT_LEAST_ONE,
+    )
+    adapter_layers: tuple[int, int] = option(
+        (1, 1),
+        "fedot: FM layers at the bottom/top kept whole and tuned (the offsite-tuning adapters)",
+        nargs=2,
+        metavar=("BOTTOM", "TOP"),
+    )
+    dataset_path: str = option("../datasets/glue", "task data folder")
+    dataset_label_name: str = option("label", "label column (CIFAR-100: fine_label)")
+    max_length: int = option(512, "tokenizer truncation length", valid=AT_LEAST_ONE)
+    image_size: int | None = option(
+        None,
+        "train/eval resolution (default: the FM's; the reference used 384 with interpolated position embeddings)",
+        parse=int,
+        valid=AT_LEAST_ONE,
+        modality="image",
+    )
+    hflip: bool = option(True, "random horizontal flips in client training", modality="image")
+    min_crop_scale: float = option(
+        0.08,
+        "smallest area share of RandomResizedCrop in client training (0.08 = the reference)",
+        valid=Range(0, 1, low_open=True),
+        modality="image",
+    )
+    cache_dir: str = option("./.cache", "tokenised task/corpus cache")
+    max_eval_samples: int = option(
+        0, "evaluate on a seeded random subset of N examples of each split (0 = all)", valid=NON_NEGATIVE
+    )
+    seed: int = option(1206, "seed of sampling, client training, alignment (and the partition by default)")
+    num_clients: int = option(100, "number of clients", valid=AT_LEAST_ONE)
+    num_rounds: int = option(10, "communication rounds R", valid=AT_LEAST_ONE)
+    proportion: float = option(0.2, "fraction of clients per round", valid=Range(0, 1, low_open=True))
+    sample: str = option("uniform", "client sampling", choices=("uniform", "full", "md"))
+    aggregate: str = option(
+        "weighted",
+        "weighted = FedAvg by client data size (paper); uniform = the reference's default",
+        choices=("weighted", "uniform", "weighted_scale", "weighted_com"),
+    )
+    pre_sample: bool = option(True, "draws come from one seeded stream either way")
+    eval_interval: int = option(1, "evaluate every k rounds (and rounds 0 and R)", valid=NON_NEGATIVE)
+    output_root: str = option("./fed-result", "where run folders are written")
+    learning_rate: float = option(2e-5, "client learning rate eta0", valid=POSITIVE)
+    lr_scheduler_type: int = option(0, "across-round schedule (spec §4.8)", choices=(-1, 0, 1, 2))
+    lr_decay: float = option(0.95, "per-round decay of type 0")
+    lr_type2_reference: bool = option(False, "type 2 as the reference: skip the (R-1)/R step (spec §6.6)")
+    num_epochs: float = option(1.0, "local epochs per round", valid=POSITIVE)
+    per_device_train_batch_size: int = option(32, "client micro-batch", valid=AT_LEAST_ONE)
+    gradient_accumulation_steps: int = option(4, "micro-batches per step and process", valid=AT_LEAST_ONE)
+    per_device_eval_batch_size: int = option(16, "evaluation batch", valid=AT_LEAST_ONE)
+    max_grad_norm: float = option(1.0, "gradient clipping of clients and alignment (0 = none)", valid=NON_NEGATIVE)
+    metric_for_best_model: str | None = option(None, "default: accuracy (MNLI: matched_accuracy)")
+    eval_sub_model: bool = option(True, "also evaluate the sub-FM each round")
+    resume: bool | str = option(
+        False,
+        "True: continue from the last round checkpoint; auto: skip a finished run, resume one with a "
+        "checkpoint, start anything else afresh (what the table scripts use)",
+        parse=resume_mode,
+    )
+    overwrite: bool = option(False, "replace an existing run folder")
+    stop_after_round: int = option(0, "stop after round k as if interrupted", valid=NON_NEGATIVE)
+    cpu: bool = option(False, "force CPU (gloo) even when a GPU is visible")
+    num_processes: int = option(1, command_line=False)  # filled in by the entry point from accelerate
+    lora: LoraSettings = group(LoraSettings)
+    partition: PartitionSettings = group(PartitionSettings)
+    align: AlignSettings = group(AlignSettings)
+    reference: ReferenceFlags = group(ReferenceFlags)
+
+    # ------------------------------------------------------------------ derived facts
+    @cached_property
+    def kind(self) -> Method:
+        return METHODS[self.method]
+
+    @cached_property
+    def aligning(self) -> bool:
+        """Neuron-level alignment happens in this run: FedPFT with 0 < t < R (spec §6.9)."""
+        return self.kind.aligns and 0 < self.align.interval < self.num_rounds
+
+    def aligns_in(self, round_index: int) -> bool:
+        return self.aligning and round_index % self.align.interval == 0
+
+    def evaluates_in(self, round_index: int) -> bool:
+        interval = self.eval_interval
+        return interval > 0 and (round_index % interval == 0 or round_index == self.num_rounds)
+
+    @cached_property
+    def effective_batch_size(self) -> int:
+        """A client step's batch: per device x processes x accumulation, the reference's meaning (ARCHITECTURE §3)."""
+        return self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps
+
+    @cached_property
+    def partition_seed(self) -> int:
+        return self.seed if self.partition.seed is None else self.partition.seed
+
+    @cached_property
+    def run_name(self) -> str:
+        """Run folder name from the key hyper-parameters (spec §4.12 pattern, with the effective batch)."""
+        a = self.align
+        name = (
+            f"{self.method}-lr{self.learning_rate}-lst{self.lr_scheduler_type}-bs{self.effective_batch_size}"
+            f"-e{self.num_epochs}-rounds{self.num_rounds}-proportion{self.proportion}-lora-r{self.lora.rank}"
+            f"-alpha{self.lora.alpha}-align{self.aligning}-ai{a.interval}-ae{a.epochs}-arr{a.retained_ratio}"
+        )
+        p = self.partition
+        if p.partitioner != "iid":
+            name += f"-{p.partitioner}{p.dir_alpha if p.partitioner == 'dir' else p.diversity}"
+        return name + f"-seed{self.seed}"
+
+    @cached_property
+    def model_name(self) -> str:
+        """The run folder's model level (spec §4.12): the client model's folder name, the FM's for FedPETuning."""
+        fm = os.path.basename(os.path.normpath(self.model_checkpoint))
+        if self.kind.client == "FM":
+            return fm
+        if self.sub_model_checkpoint:
+            return os.path.basename(os.path.normpath(self.sub_model_checkpoint))
+        return f"fedot-{fm}"
+
+    @cached_property
+    def client_model_distilled(self) -> bool | None:
+        """FedPFT_N/_D and FedOT w/o KD use an undistilled client model (spec §4.13): say which this run had."""
+        if self.kind.client == "FM":
+            return None
+        folder = self.sub_model_checkpoint
+        return bool(folder) and os.path.isfile(os.path.join(folder, "distill_summary.json"))
+
+    def check_inputs(self) -> None:
+        """Refusals that need more than one field or the file system (before anything is written)."""
+        if self.reference.tuning_method != "lora":
+            raise UsageError("only --tuning_method lora is implemented (as in the reference)")
+        if self.reference.fp16:
+            raise UsageError("--fp16 is not supported; the runs are float32")
+        if not os.path.isfile(os.path.join(self.model_checkpoint, "config.json")):
+            raise UsageError(
+                f"model checkpoint folder {self.model_checkpoint} not found or not a transformers folder; {FETCH_HINT}"
+            )
+        if self.kind.client == "sub-FM" and not self.sub_model_checkpoint:
+            raise UsageError(
+                "--method pft needs --sub_model_checkpoint (build one with sub_model_construct/distill.py)"
+            )
+        if self.sub_model_checkpoint and self.kind.client != "FM" and not os.path.isdir(self.sub_model_checkpoint):
+            raise UsageError(
+                f"sub-FM folder {self.sub_model_checkpoint} not found; build it with sub_model_construct/distill.py"
+            )
