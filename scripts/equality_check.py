@@ -99,7 +99,14 @@ def task_flags(root: Path, image: bool) -> list[str]:
     return [
         *("--model_checkpoint", str(root / "text-fm")),
         *("--task_name", "bbc", "--dataset_path", str(root / "data")),
-        *("--distill_dataset1_path", str(root / "corpus.txt"), "--distill_dataset2_path", "", "--align_block_size", "16"),
+        *(
+            "--distill_dataset1_path",
+            str(root / "corpus.txt"),
+            "--distill_dataset2_path",
+            "",
+            "--align_block_size",
+            "16",
+        ),
     ]
 
 
