@@ -109,4 +109,5 @@ def test_minilm_sub_fm_and_a_short_federated_run(tmp_path):
     run_dir = next((tmp_path / "fed-result" / "bbc" / "distilled").iterdir())
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2] and records[1]["aligned"]
-    assert 0.0 <= records[-1]["fm"]["eval_accuracy"] <= 1.0
+    # two rounds of LoRA + head training lift the FM above its random head (5 topics: about 0.2 at round 0)
+    assert records[-1]["fm"]["eval_accuracy"] > records[0]["fm"]["eval_accuracy"] + 0.1

@@ -10,6 +10,7 @@ from transformers import AutoModel
 
 from federated_proxy_finetuning.adapters import LayerRenamer, aggregate, lora_target_regex
 from federated_proxy_finetuning.align import (
+    FrozenNeurons,
     ZeroActivationCounter,
     align,
     next_grad_accum,
@@ -134,7 +135,23 @@ def test_zero_activation_counter_counts_positions_and_zeros(tiny_pair):
     assert rates[1][5] == 1.0
 
 
-def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_pair, tmp_path):
+@pytest.mark.parametrize("restore", [True, False], ids=["mask-and-restore", "mask-alone"])
+def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_pair, restore, monkeypatch):
+    """With the restore switched off, the gradient mask alone must hold the frozen neurons (AdamW without weight
+    decay never moves a parameter whose gradient is always zero); the mask is also checked where it acts."""
+    masked = []
+    mask = FrozenNeurons.mask_gradients
+
+    def checked_mask(self):
+        before = [w_in.weight.grad[idx].abs().sum().item() for w_in, _, idx, _ in self.items]
+        mask(self)
+        for w_in, w_out, idx, _ in self.items:
+            assert w_in.weight.grad[idx].abs().sum() == 0 and w_out.weight.grad[:, idx].abs().sum() == 0
+        masked.append(sum(before) > 0)
+
+    monkeypatch.setattr(FrozenNeurons, "mask_gradients", checked_mask)
+    if not restore:
+        monkeypatch.setattr(FrozenNeurons, "restore", lambda self: None)
     fm, sub = tiny_pair
     family = FAMILIES["bert"]
     layers = compressed_layers(sub.config)
@@ -149,6 +166,7 @@ def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_
     config = AlignSettings(batch_size=4, learning_rate=1e-2, epochs=1.0, retained_ratio=0.5)
     result = align(fm, sub, [(i, i) for i in layers], rates, data, collate, config, 1, seed=0, accelerator=OneProcess())
     assert result["steps"] == 4 and result["frozen_per_layer"] == {1: 8, 2: 8}
+    assert len(masked) == 4 and all(masked)  # every step masked frozen neurons that had gradients
     for i in layers:
         frozen, updated = split_neurons(rates[i], 0.5, torch.Generator().manual_seed(0))
         new_in, new_out = ffn_linears(encoder_layers(sub, family)[i], family)

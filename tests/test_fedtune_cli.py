@@ -143,13 +143,26 @@ def test_pft_run_writes_results_and_a_pluggable_adapter(assets, tmp_path):
     assert summary["aligning"] and summary["client_model_distilled"] is False
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["method"] == "pft" and config["environment"]["packages"]["torch"]
-    # the round checkpoint is a stock PEFT adapter for the FM
+    # the round checkpoint is a stock PEFT adapter for the FM: loaded with PeftModel.from_pretrained, the FM scores
+    # what metrics.jsonl logged for that round
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import datasets
 
     fm = AutoModelForSequenceClassification.from_pretrained(assets / "fm", num_labels=3)
-    plugged = PeftModel.from_pretrained(fm, run / "server" / "checkpoint-round3")
+    plugged = PeftModel.from_pretrained(fm, run / "server" / "checkpoint-round3").eval()
     assert any("lora_A" in n for n, _ in plugged.named_parameters())
+    validation = datasets.load_from_disk(str(assets / "data" / "bbc"))["validation"]
+    tokenizer = AutoTokenizer.from_pretrained(assets / "fm")
+    batch = tokenizer(list(validation["text"]), truncation=True, max_length=512, padding=True, return_tensors="pt")
+    labels = torch.tensor(validation["label"])
+    with torch.no_grad():
+        out = plugged(**batch, labels=labels)
+    logged = records[3]["fm"]
+    assert (out.logits.argmax(-1) == labels).float().mean().item() == pytest.approx(logged["eval_accuracy"])
+    assert out.loss.item() == pytest.approx(logged["eval_loss"], rel=1e-5)
+    assert out.loss.item() != pytest.approx(records[2]["fm"]["eval_loss"], rel=1e-5)  # round 3's adapter, not older
 
 
 def test_resume_gives_the_uninterrupted_metrics(assets, tmp_path):
