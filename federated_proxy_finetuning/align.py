@@ -222,13 +222,16 @@ def align(
         effective_batch_size=effective,
         grad_accum_steps=grad_accum_steps,
         frozen_per_layer={int(k): int(v.numel()) for k, v in frozen.items()},
+        updated_neurons=updated_neurons(student, family, layers, updated),
     )
-    blocks = encoder_layers(student, family)
-    # what the clients must receive afterwards (communication.SubFMSync); not part of the JSON log
-    result["updated_neurons"] = {
-        i: updated.get(i, torch.arange(ffn_linears(blocks[i], family)[0].out_features)) for i in layers
-    }
     return result
+
+
+def updated_neurons(model: nn.Module, family: Family, layers: Sequence[int], updated: dict) -> dict:
+    """Per aligned layer, the neurons the clients must receive afterwards (communication.SubFMSync): all of them
+    where nothing was frozen. Not part of the JSON log."""
+    blocks = encoder_layers(model, family)
+    return {i: updated.get(i, torch.arange(ffn_linears(blocks[i], family)[0].out_features)) for i in layers}
 
 
 def changed_parameters(model: nn.Module, family: Family, layers: Sequence[int], frozen: dict) -> int:

@@ -18,14 +18,20 @@ from .tasks import TaskData, TaskError, load_image_task, load_text_task
 class Modality:
     name: str
     script: str  # the command line for this modality
+    head: str  # transformers auto class of the FM with its classification head
+    processor: str  # transformers auto class of the FM's tokenizer or image processor
     defaults: dict = field(default_factory=dict)  # flag -> default where this command line differs
 
     def head_class(self):
-        raise NotImplementedError
+        import transformers
+
+        return getattr(transformers, self.head)
 
     def preprocessor(self, settings: FedSettings):
         """The FM's tokenizer or image processor."""
-        raise NotImplementedError
+        import transformers
+
+        return getattr(transformers, self.processor).from_pretrained(settings.model_checkpoint)
 
     def load_task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
         raise NotImplementedError
@@ -48,16 +54,6 @@ class Modality:
 
 
 class Text(Modality):
-    def head_class(self):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
-
-    def preprocessor(self, settings: FedSettings):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(settings.model_checkpoint)
-
     def load_task(self, settings: FedSettings, tokenizer, fm_config) -> TaskData:
         s = settings
         return load_text_task(s.task_name, s.dataset_path, tokenizer, s.max_length, s.cache_dir, s.dataset_label_name)
@@ -73,16 +69,6 @@ class Text(Modality):
 
 
 class Image(Modality):
-    def head_class(self):
-        from transformers import AutoModelForImageClassification
-
-        return AutoModelForImageClassification
-
-    def preprocessor(self, settings: FedSettings):
-        from transformers import AutoImageProcessor
-
-        return AutoImageProcessor.from_pretrained(settings.model_checkpoint)
-
     def load_task(self, settings: FedSettings, processor, fm_config) -> TaskData:
         size = settings.image_size or fm_config.image_size
         task = load_image_task(
@@ -114,6 +100,6 @@ _IMAGE_DEFAULTS = {
     "align_grad_accum_min": 8,
 }
 MODALITIES: dict[str, Modality] = {
-    "text": Text("text", "fedtune.py"),
-    "image": Image("image", "fedtune_cv.py", _IMAGE_DEFAULTS),
+    "text": Text("text", "fedtune.py", "AutoModelForSequenceClassification", "AutoTokenizer"),
+    "image": Image("image", "fedtune_cv.py", "AutoModelForImageClassification", "AutoImageProcessor", _IMAGE_DEFAULTS),
 }

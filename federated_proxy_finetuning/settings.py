@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from sub_model_construct.cli import FETCH_HINT, UsageError, str2bool
-from sub_model_construct.settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SHARE, Range, group, option
+from sub_model_construct.settings import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    SHARE,
+    Range,
+    adapter_layers_option,
+    group,
+    option,
+)
 
 
 @dataclass(frozen=True)
@@ -158,11 +167,8 @@ class FedSettings:
         parse=int,
         valid=AT_LEAST_ONE,
     )
-    adapter_layers: tuple[int, int] = option(
-        (1, 1),
-        "fedot: FM layers at the bottom/top kept whole and tuned (the offsite-tuning adapters)",
-        nargs=2,
-        metavar=("BOTTOM", "TOP"),
+    adapter_layers: tuple[int, int] = adapter_layers_option(
+        "fedot: FM layers at the bottom/top kept whole and tuned (the offsite-tuning adapters)"
     )
     dataset_path: str = option("../datasets/glue", "task data folder")
     dataset_label_name: str = option("label", "label column (CIFAR-100: fine_label)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
 
 from .cli import UsageError, str2bool
@@ -43,34 +42,23 @@ AT_LEAST_ONE = Range(1)
 SHARE = Range(0, 1, high_open=True)  # a share that must leave something: [0, 1)
 
 
-def option(
-    default=MISSING,
-    help: str = "",
-    *,
-    valid: Range | None = None,
-    choices: tuple | None = None,
-    nargs: str | int | None = None,
-    parse: Callable | None = None,
-    metavar: tuple[str, ...] | None = None,
-    flag: str | None = None,
-    modality: str | None = None,
-    command_line: bool = True,
-):
-    """A settings field. `parse` converts one command-line word (default: from the default's type; booleans
-    honestly, spec §6.14); `modality` ("text"/"image") limits the flag to that command line; `command_line=False`
-    marks a field the entry point fills in (e.g. the number of processes)."""
-    metadata = dict(
-        help=help,
-        valid=valid,
-        choices=choices,
-        nargs=nargs,
-        parse=parse,
-        metavar=metavar,
-        flag=flag,
-        modality=modality,
-        command_line=command_line,
-    )
-    return field(default=default, metadata=metadata)
+SPEC = ("valid", "choices", "nargs", "parse", "metavar", "flag", "modality", "command_line")
+
+
+def option(default=MISSING, help: str = "", **spec):
+    """A settings field. Its spec: `valid` (a Range), `choices`, `nargs`, `metavar`; `parse` converts one
+    command-line word (default: from the default's type; booleans honestly, spec §6.14); `flag` names the flag
+    when it is not `--<field name>`; `modality` ("text"/"image") limits the flag to that command line;
+    `command_line=False` marks a field the entry point fills in (e.g. the number of processes)."""
+    unknown = set(spec) - set(SPEC)
+    if unknown:
+        raise TypeError(f"unknown option spec {sorted(unknown)}; known: {', '.join(SPEC)}")
+    return field(default=default, metadata={"help": help, **spec})
+
+
+def adapter_layers_option(help: str):
+    """--adapter_layers BOTTOM TOP of FedOT's emulator (both command lines)."""
+    return option((1, 1), help, nargs=2, metavar=("BOTTOM", "TOP"))
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -181,11 +169,8 @@ class DistillSettings:
         "FedOT instead of FedPFT: keep this many middle layers by uniform layer drop (0 = FFN compression)",
         valid=NON_NEGATIVE,
     )
-    adapter_layers: tuple[int, int] = option(
-        (1, 1),
-        "with --emulator_layers: bottom/top layers kept whole as the offsite-tuning adapters",
-        nargs=2,
-        metavar=("BOTTOM", "TOP"),
+    adapter_layers: tuple[int, int] = adapter_layers_option(
+        "with --emulator_layers: bottom/top layers kept whole as the offsite-tuning adapters"
     )
     intermediate_rank: int = option(1024, "FFN neurons kept per compressed layer, D' (paper: 768)")
     qk_rank: int | None = option(None, "must equal the hidden size: attention is not compressed (spec §2.4)", parse=int)
