@@ -12,8 +12,10 @@
 # Rerun-safe: a finished run is skipped, an interrupted one resumed from its last round checkpoint (fedtune.py
 # --resume auto); sub-FMs and emulators are built once under $RESULTS/models and reused.
 #
-# Environment: RESULTS (default results/embedded), SEEDS (default "1 2 3"), ROUNDS (default 30), DRY_RUN=1 (or
-# --dry-run) prints the command lines instead of running them.
+# Environment: RESULTS (default results/embedded), SEEDS (default "1 2 3"), ROUNDS (default 30), JOBS (default 2:
+# runs of a table at once, one CPU thread each: small models gain little from a second thread, and one thread per
+# run makes a run's numbers independent of how busy the machine is), DRY_RUN=1 (or --dry-run) prints the command
+# lines instead of running them. Each run's output goes to $RESULTS/.work/logs/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -22,6 +24,8 @@ SEEDS="${SEEDS:-1 2 3}"
 ROUNDS="${ROUNDS:-30}"
 PY="${PY:-$root/.venv/bin/python}"
 DRY_RUN="${DRY_RUN:-0}"
+JOBS="${JOBS:-2}"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
@@ -37,6 +41,27 @@ run() {  # run <command...>: print it, and run it unless dry
     echo "+ $(printf '%q ' "$@")"
     if [ "$DRY_RUN" = 1 ]; then return 0; fi
     "$@"
+}
+
+run_job() {  # run_job <log name> <command...>: like run, in the background with at most JOBS at once
+    local log="$WORK/logs/$1.log"; shift
+    echo "+ $(printf '%q ' "$@")"
+    if [ "$DRY_RUN" = 1 ]; then return 0; fi
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || failed=1; done
+    mkdir -p "$(dirname "$log")"
+    (
+        if "$@" >"$log" 2>&1; then
+            echo "   done: $(tail -n 1 "$log")"
+        else
+            echo "   FAILED ($log): $(grep -m1 '^error:' "$log" || tail -n 1 "$log")"
+            exit 1
+        fi
+    ) &
+}
+failed=0
+wait_jobs() {  # wait_jobs: wait for every background run; non-zero if one failed
+    while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
+    return "$failed"
 }
 
 require() {  # require <folder> <what>: stop with one line when an asset is missing
@@ -131,18 +156,19 @@ method_flags() {  # method_flags <model> <method>: the flags that make a method 
 
 cell() {  # cell <table> <model> <task> <setting> <method> <extra fedtune flags...>: every seed of one table cell
     local table="$1" model="$2" task="$3" setting="$4" method="$5"; shift 5
-    local out="$RESULTS/$table/$model/$task/$setting/$method" script flags seed
+    local out="$RESULTS/$table/$model/$task/$setting/$method" flags seed
     # shellcheck disable=SC2207
     flags=($(method_flags "$model" "$method"))
     for seed in $SEEDS; do
         echo "== $table $model $task $setting $method seed $seed"
+        local log="$table/$model/$task/$setting/$method-seed$seed"
         if [ "$task" = mnist ]; then
-            run "$PY" federated_proxy_finetuning/fedtune_cv.py --model_checkpoint "${FM_PATH[$model]}" \
+            run_job "$log" "$PY" federated_proxy_finetuning/fedtune_cv.py --model_checkpoint "${FM_PATH[$model]}" \
                 --task_name mnist --dataset_path datasets/mnist "${FL_IMAGE[@]}" --num_rounds "$ROUNDS" \
                 "${flags[@]}" --seed "$seed" --output_root "$out" --task_root "$WORK/task" \
                 --cache_dir "$WORK/cache" --resume auto "$@"
         else
-            run "$PY" federated_proxy_finetuning/fedtune.py --model_checkpoint "${FM_PATH[$model]}" \
+            run_job "$log" "$PY" federated_proxy_finetuning/fedtune.py --model_checkpoint "${FM_PATH[$model]}" \
                 --task_name "$task" --dataset_path datasets --max_length "${MAX_LENGTH[$task]}" "${FL_TEXT[@]}" \
                 --num_rounds "$ROUNDS" "${flags[@]}" --seed "$seed" --output_root "$out" \
                 --task_root "$WORK/task" --cache_dir "$WORK/cache" --resume auto "$@"
@@ -150,8 +176,10 @@ cell() {  # cell <table> <model> <task> <setting> <method> <extra fedtune flags.
     done
 }
 
-table_done() {  # table_done <table>: the table's markdown from the finished runs
-    local started="$1" table="$2"
-    echo "== $table finished in $(( $(date +%s) - started )) s"
+table_done() {  # table_done <started> <table>: wait for the runs, then the table's markdown from the finished runs
+    local started="$1" table="$2" status=0
+    wait_jobs || status=1
+    echo "== $table finished in $(( $(date +%s) - started )) s$([ $status = 1 ] && echo ', some runs FAILED (see above)')"
     if [ "$DRY_RUN" = 0 ]; then "$PY" scripts/make_tables.py --root "$RESULTS" --tables "${table#table}"; fi
+    return "$status"
 }
