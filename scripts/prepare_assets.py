@@ -26,7 +26,7 @@ import numpy as np
 
 SEED = 1206
 MARKER = ".complete"
-ASSET_VERSION = "2"  # 2: rows shuffled, bbc-pairs added (scripts/fetch_assets.sh rebuilds older outputs)
+ASSET_VERSION = "3"  # 2: rows shuffled, bbc-pairs added; 3: one pair per article (fetch_assets.sh rebuilds older)
 PAIR_LABELS = ["other_article", "same_article"]
 MIN_WORDS, MAX_WORDS = 6, 40  # body sentences usable in a pair
 FASHION_CLASSES = [
@@ -92,29 +92,29 @@ def sentences(body: str) -> list[str]:
 
 
 def sentence_pairs(articles: list[dict], rng: random.Random) -> list[dict]:
-    """The QNLI-like proxy (ASSETS.md): for every article one positive pair (its headline, one of its own body
-    sentences) and one negative (its headline, a sentence of another article of the same topic in the same split),
-    so the pairs are balanced, the topic gives the answer away for neither, and splits stay article-disjoint."""
+    """The QNLI-like proxy (ASSETS.md): one pair per article, its headline with either one of its own body sentences
+    (label 1) or a sentence of another article of the same topic in the same split (label 0). Labels alternate over a
+    seeded order of the articles, so the pairs are balanced; the topic gives the answer away for neither; splits stay
+    article-disjoint. One pair per article (not one of each) keeps the task at the topic task's size."""
     usable = [a for a in articles if sentences(a["body"])]
     by_topic = defaultdict(list)
     for a in usable:
         by_topic[a["label"]].append(a)
     pairs = []
-    for a in usable:
+    for a in shuffled(usable, rng):
         others = [b for b in by_topic[a["label"]] if b["article_id"] != a["article_id"]]
         if not others:
             continue
-        other = rng.choice(others)
-        for source, label in ((a, 1), (other, 0)):
-            pairs.append(
-                {
-                    "headline": a["text"],
-                    "sentence": rng.choice(sentences(source["body"])),
-                    "label": label,
-                    "article_id": a["article_id"],
-                    "sentence_article_id": source["article_id"],
-                }
-            )
+        source = a if len(pairs) % 2 == 0 else rng.choice(others)
+        pairs.append(
+            {
+                "headline": a["text"],
+                "sentence": rng.choice(sentences(source["body"])),
+                "label": int(source is a),
+                "article_id": a["article_id"],
+                "sentence_article_id": source["article_id"],
+            }
+        )
     return pairs
 
 

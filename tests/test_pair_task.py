@@ -27,7 +27,8 @@ def articles(n: int, topics: int = 2) -> list[dict]:
 
 def test_pairs_are_balanced_and_negatives_come_from_another_article_of_the_same_topic():
     pairs = prepare_assets.sentence_pairs(articles(10), random.Random(0))
-    assert Counter(p["label"] for p in pairs) == {0: 10, 1: 10}
+    assert Counter(p["label"] for p in pairs) == {0: 5, 1: 5}
+    assert sorted(p["article_id"] for p in pairs) == sorted(a["article_id"] for a in articles(10))  # one per article
     by_id = {a["article_id"]: a for a in articles(10)}
     for p in pairs:
         own = by_id[p["article_id"]]
