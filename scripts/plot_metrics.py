@@ -1,6 +1,6 @@
 """Plot the FM accuracy per round of every run under a fed-result folder (and the sub-FM's, dashed).
 
-    python scripts/plot_metrics.py demo-output/fed-result/bbc --out images/demo_bbc.png
+    python scripts/plot_metrics.py demo-output/fed-result/bbc --out demo-output/bbc.png
 The same `load_runs` function serves notebooks (see scripts/plots.ipynb).
 """
 
