@@ -109,6 +109,28 @@ def client_backbone(s: FedSettings, fm, head_class, labels: dict):
     return sub
 
 
+def lora_options(s: FedSettings) -> dict:
+    lora = s.lora
+    return dict(
+        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, bias=lora.bias, modules_to_save=lora.modules_to_save
+    )
+
+
+def tuned_layers(s: FedSettings, config) -> list[int]:
+    """The client model's layers that carry LoRA: FedOT tunes the adapters (bottom/top layers) only; FedPFT and
+    FedPETuning tune attention LoRA in every layer."""
+    if s.kind.client == "emulator":
+        return list(config.layers_retained)
+    return list(range(config.num_hidden_layers))
+
+
+def client_with_lora(s: FedSettings, model):
+    """The client model (sub-FM, emulator or FM, with its head) as the clients train it: LoRA on its tuned layers.
+    The one place this is decided, for the simulation's clients and for a client on another machine."""
+    config = backbone(model).config
+    return with_lora(model, family_of(config), tuned_layers(s, config), **lora_options(s))
+
+
 def build_models(s: FedSettings, modality: Modality, task, fm_config):
     """(FM with LoRA, client model with LoRA, renamer, aligned layer pairs, client and FM encoder-layer parameters)."""
     family = fm_family(s, modality, fm_config)
@@ -116,22 +138,17 @@ def build_models(s: FedSettings, modality: Modality, task, fm_config):
     torch.manual_seed(s.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
     fm = modality.head_class().from_pretrained(s.model_checkpoint, **labels)
     fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
-    lora = dict(
-        rank=s.lora.rank, alpha=s.lora.alpha, dropout=s.lora.dropout, bias=s.lora.bias,
-        modules_to_save=s.lora.modules_to_save,
-    )  # fmt: skip
     n = fm_config.num_hidden_layers
     if s.kind.client == "FM":
-        fm_peft = with_lora(fm, family, range(n), **lora)
+        fm_peft = with_lora(fm, family, range(n), **lora_options(s))
         return fm_peft, fm_peft, LayerRenamer(family, list(range(n))), [], fm_params, fm_params
     sub = client_backbone(s, fm, modality.head_class(), labels)
     sub_config = backbone(sub).config
     layer_map = list(sub_config.layer_map)
-    # FedOT tunes the adapters (bottom/top layers) only; FedPFT tunes attention LoRA in every layer
-    tuned = list(sub_config.layers_retained) if s.kind.client == "emulator" else list(range(len(layer_map)))
+    tuned = tuned_layers(s, sub_config)
     sub_params = encoder_layer_parameters(sub)
-    fm_peft = with_lora(fm, family, [layer_map[j] for j in tuned], **lora)
-    client = with_lora(sub, family, tuned, **lora)
+    fm_peft = with_lora(fm, family, [layer_map[j] for j in tuned], **lora_options(s))
+    client = client_with_lora(s, sub)
     renamer = LayerRenamer(family, layer_map)
     check_adapters_match(renamer.to_fm(adapter_state(client)), adapter_state(fm_peft))
     compressed = compressed_layers(sub_config) if s.kind.aligns else []

@@ -79,17 +79,24 @@ class SubFMSync:
             raise ValueError(f"alignment updated layers {sorted(unknown)} that are not compressed layers")
         self.updates.append({i: torch.as_tensor(idx, dtype=torch.long).cpu() for i, idx in updated.items()})
 
+    def changes_for(self, client: int) -> dict[int, torch.Tensor]:
+        """{layer: neurons updated since `client`'s version} (sorted, unique), for the layers any missed alignment
+        touched: what must be sent for the client to hold the current sub-FM."""
+        missed = self.updates[self.client_version[client] :]
+        changes = {}
+        for layer in self.shapes:
+            touched = [u[layer] for u in missed if layer in u]
+            if touched:
+                changes[layer] = torch.unique(torch.cat(touched))
+        return changes
+
     def parameters_to_send(self, client: int) -> int:
         """Sub-FM parameters `client` lacks: per layer the union of neurons updated since its version (plus the
         shared output parameters once if any alignment touched the layer)."""
-        missed = self.updates[self.client_version[client] :]
         total = 0
-        for layer, shape in self.shapes.items():
-            touched = [u[layer] for u in missed if layer in u]
-            if not touched:
-                continue
-            neurons = torch.unique(torch.cat(touched)).numel()
-            total += min(neurons, shape.width) * shape.per_neuron + shape.shared
+        for layer, neurons in self.changes_for(client).items():
+            shape = self.shapes[layer]
+            total += min(neurons.numel(), shape.width) * shape.per_neuron + shape.shared
         return total
 
     def send(self, client: int) -> int:

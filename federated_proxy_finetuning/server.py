@@ -75,6 +75,7 @@ class Federation:
     metric: str
     aligner: Aligner | None = None  # FedPFT only
     info: dict = field(default_factory=dict)  # start-up facts repeated in summary.json
+    remote: object | None = None  # clients elsewhere (flower_app.FlowerClients); None: trained in these processes
 
 
 class Server:
@@ -118,6 +119,8 @@ class Server:
         self.plug_in()
         t2 = time.perf_counter()
         record = {"round": r, "learning_rate": lr, **self.client_record(updates, collect)}
+        if self.f.remote is not None:
+            record.update(self.f.remote.round_record())
         if s.evaluates_in(r):
             record.update(self.evaluate())
         t3 = time.perf_counter()
@@ -141,9 +144,13 @@ class Server:
 
     # ------------------------------------------------------------------ the steps of a round
     def train_clients(self, r: int, lr: float, collect: bool) -> list[ClientUpdate]:
-        """The round's clients, spread over the processes, trained from the global adapter and gathered."""
+        """The round's clients, spread over the processes, trained from the global adapter and gathered (or, with
+        a remote transport, trained wherever the clients live)."""
         acc, s = self.f.accelerator, self.f.settings
         draws = multiplicities(self.f.schedule[r - 1])
+        if self.f.remote is not None:
+            updates = self.f.remote.train(r, lr, [c for c, _ in draws], self, collect)
+            return self.check_updates(r, sorted(updates, key=lambda u: u.client))
         bar = tqdm(total=len(draws), desc=f"round {r} clients", disable=not acc.is_main_process, leave=False)
         updates = []
         for client, _ in draws[acc.process_index :: acc.num_processes]:
@@ -155,6 +162,9 @@ class Server:
 
             updates = gather_object(updates)
         updates.sort(key=lambda u: u.client)
+        return self.check_updates(r, updates)
+
+    def check_updates(self, r: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         failed = [u for u in updates if u.error]
         if failed:
             raise FederatedError(

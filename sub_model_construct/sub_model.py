@@ -221,16 +221,22 @@ def load_sub_model(
     config = AutoConfig.from_pretrained(path, **config_kwargs)
     if not is_sub_model_config(config):
         raise SubModelError(f"{path} is a plain checkpoint, not a sub-FM (its config has no ffn_widths/layer_map)")
+    model = sub_model_from_config(config, model_class, source=str(path))
+    load_backbone_state(backbone(model), load_file(str(weights)), source=str(path))
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+    return model
+
+
+def sub_model_from_config(config, model_class=AutoModel, source: str = "config") -> PreTrainedModel:
+    """The stock model of a sub-FM config with its FFNs shrunk to the recorded widths (weights uninitialised)."""
     family = family_of(config)
     model = model_class.from_config(config)
     layers = encoder_layers(model, family)
     if len(layers) != len(config.ffn_widths):
-        raise SubModelError(f"{path}: config lists {len(config.ffn_widths)} FFN widths for {len(layers)} layers")
+        raise SubModelError(f"{source}: config lists {len(config.ffn_widths)} FFN widths for {len(layers)} layers")
     for layer, width in zip(layers, config.ffn_widths):
         resize_ffn(layer, family, width)
-    load_backbone_state(backbone(model), load_file(str(weights)), source=str(path))
-    if torch_dtype is not None:
-        model.to(torch_dtype)
     return model
 
 

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# A real Flower deployment on this machine: one SuperLink and N SuperNodes as separate processes on 127.0.0.1, the
+# FedPFT Flower app (scripts/flower_app) run on them, then everything stopped. The run folder is the one fedtune.py
+# would write for the same flags (metrics.jsonl, summary.json, checkpoints; --resume works).
+#
+#   bash scripts/flower_local.sh --supernodes 2 [--modality text|image] [--round-timeout S] [--base-port P] \
+#       -- <fedtune.py flags>
+#
+# SuperNode i holds client (partition) i, so --num_clients must equal --supernodes. Relative paths in the fedtune
+# flags are read from the current directory, as with fedtune.py. Everything runs without TLS, which is only
+# acceptable on the loopback interface; for separate hosts see the README ("Flower").
+# Environment: PY (default .venv/bin/python), FLOWER_WORK (logs and Flower state; default a temporary folder,
+# kept when the run fails). Needs the Flower extra: pip install -e '.[flower]'.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PY:-$root/.venv/bin/python}"
+BIN="$(dirname "$PY")"
+supernodes=2 modality=text round_timeout=0 base_port=19090
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --supernodes) supernodes="$2"; shift 2 ;;
+        --modality) modality="$2"; shift 2 ;;
+        --round-timeout) round_timeout="$2"; shift 2 ;;
+        --base-port) base_port="$2"; shift 2 ;;
+        --) shift; break ;;
+        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "error: unknown option $1 (flags for fedtune.py go after --)" >&2; exit 2 ;;
+    esac
+done
+case "$supernodes" in '' | *[!0-9]* | 0) echo "error: --supernodes $supernodes: a positive integer" >&2; exit 2 ;; esac
+if ! [ -x "$BIN/flower-superlink" ]; then
+    echo "error: Flower is not installed in $(dirname "$BIN"); run: $PY -m pip install -e '$root[flower]'" >&2
+    exit 2
+fi
+args=("$@")
+num_clients=""
+for ((i = 0; i < ${#args[@]}; i++)); do
+    if [ "${args[$i]}" = "--num_clients" ]; then num_clients="${args[$((i + 1))]:-}"; fi
+done
+if [ "$num_clients" != "$supernodes" ]; then
+    echo "error: --num_clients ${num_clients:-<default>} must equal --supernodes $supernodes (one client per SuperNode)" >&2
+    exit 2
+fi
+
+work="${FLOWER_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/fedpft-flower.XXXXXX")}"
+mkdir -p "$work"
+export PATH="$BIN:$PATH" FLWR_HOME="$work/home" HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+link=$base_port  # Flower 1.42 serves the runtime, fleet and control APIs on one port
+mkdir -p "$FLWR_HOME"
+cat >"$FLWR_HOME/config.toml" <<EOF
+[superlink]
+default = "fedpft-local"
+
+[superlink.fedpft-local]
+address = "127.0.0.1:$link"
+insecure = true
+EOF
+# the run configuration: the fedtune command line as one TOML string
+"$PY" - "$work/run.toml" "$modality" "$round_timeout" "${args[@]}" <<'EOF'
+import shlex, sys, tomli_w
+path, modality, timeout, *flags = sys.argv[1:]
+with open(path, "wb") as f:
+    tomli_w.dump({"fedtune-args": shlex.join(flags), "modality": modality, "round-timeout": float(timeout)}, f)
+EOF
+
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+"$BIN/flower-superlink" --insecure --host 127.0.0.1 --port "$link" --database "$work/superlink.db" \
+    >"$work/superlink.log" 2>&1 &
+pids+=($!)
+wait_port() {  # wait_port <port> <what> <log>: until something listens on 127.0.0.1:<port>
+    local t=0
+    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+        if [ $t -ge 120 ] || ! kill -0 "${pids[0]}" 2>/dev/null; then
+            echo "error: the $2 did not start within $t s; see $3" >&2; exit 1
+        fi
+        sleep 1; t=$((t + 1))
+    done
+}
+wait_port "$link" SuperLink "$work/superlink.log"
+for ((i = 0; i < supernodes; i++)); do
+    FLWR_HOME="$work/node$i" "$BIN/flower-supernode" --insecure --superlink "127.0.0.1:$link" \
+        --port $((base_port + 10 + i)) --node-config "partition-id=$i num-partitions=$supernodes" \
+        >"$work/supernode$i.log" 2>&1 &
+    pids+=($!)
+done
+echo "SuperLink and $supernodes SuperNodes on 127.0.0.1 (logs in $work)"
+
+started=$(date +%s)
+"$BIN/flwr" run "$root/scripts/flower_app" fedpft-local --run-config "$work/run.toml" --stream 2>&1 \
+    | tee "$work/run.log"
+status=$("$BIN/flwr" ls fedpft-local --format json 2>/dev/null | "$PY" -c '
+import json, sys
+runs = json.load(sys.stdin).get("runs", [])
+print(runs[-1]["status"] if runs else "unknown")' || echo unknown)
+echo "Flower run: $status after $(($(date +%s) - started)) s"
+case "$status" in
+    *completed*) [ -n "${FLOWER_WORK:-}" ] || rm -rf "$work" ;;
+    *) echo "error: the Flower run did not complete ($status); logs in $work" >&2; exit 1 ;;
+esac
