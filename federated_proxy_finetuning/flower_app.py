@@ -192,7 +192,7 @@ class FlowerClients:
         return shipped
 
     def _message(self, content: RecordDict, node: int, kind: str, group: str) -> Message:
-        return Message(content=content, dst_node_id=node, message_type=kind, group_id=group)
+        return self.grid.create_message(content, kind, node, group)
 
     # -------------------------------------------------------------- a round
     def train(self, r: int, lr: float, clients: Sequence[int], server, collect: bool) -> list[ClientUpdate]:

@@ -1,0 +1,210 @@
+"""The Flower backend: what travels (sub-FM FFN changes, replies), a client that drops out, and a real local
+deployment (a SuperLink and 2 SuperNodes as separate processes) giving the simulation's numbers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install -e '.[flower]')")
+
+from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
+
+from federated_proxy_finetuning import flower_app  # noqa: E402
+from federated_proxy_finetuning.client import ClientUpdate  # noqa: E402
+from federated_proxy_finetuning.communication import SubFMSync, ffn_shapes  # noqa: E402
+from sub_model_construct.families import encoder_layers, family_of, ffn_linears  # noqa: E402
+from sub_model_construct.sub_model import build_sub_model  # noqa: E402
+from tests import tiny  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """What a ServerApp process has set when it creates messages."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+@pytest.fixture(scope="module")
+def sub_fm(tmp_path_factory):
+    from transformers import AutoModel
+
+    fm = AutoModel.from_pretrained(tiny.make_text_fm(tmp_path_factory.mktemp("fm")))
+    return build_sub_model(fm, [0, 3], 16)
+
+
+def test_ffn_changes_bring_a_stale_copy_to_the_servers_sub_fm(sub_fm):
+    server, client = copy.deepcopy(sub_fm), copy.deepcopy(sub_fm)
+    family = family_of(server.config)
+    blocks = encoder_layers(server, family)
+    changes = {1: torch.tensor([0, 3, 7]), 2: torch.tensor([15])}
+    with torch.no_grad():  # an alignment: the updated neurons' rows and columns, shared bias and LayerNorm
+        for layer, neurons in changes.items():
+            w_in, w_out = ffn_linears(blocks[layer], family)
+            w_in.weight[neurons] += 1.0
+            w_in.bias[neurons] -= 0.5
+            w_out.weight[:, neurons] *= 2.0
+            w_out.bias += 0.25
+            blocks[layer].get_submodule(family.ffn_out_norm).weight.mul_(1.5)
+    payload = flower_app.ffn_changes(server, changes)
+    assert not torch.equal(
+        ffn_linears(encoder_layers(client, family)[1], family)[0].weight, blocks[1].intermediate.dense.weight
+    )
+    flower_app.apply_ffn_changes(client, payload)
+    for (name, a), (_, b) in zip(server.state_dict().items(), client.state_dict().items()):
+        assert torch.equal(a, b), name
+    # what travels is what the bytes accounting charges (in parameters)
+    sync = SubFMSync(ffn_shapes(server, family, [1, 2]), num_clients=1, element_size=4)
+    sync.record_alignment(changes)
+    sent = sum(t.numel() for k, t in payload.items() if not k.endswith("neurons"))
+    assert sent == sync.parameters_to_send(0)
+
+
+class FakeGrid:
+    """Replies to `train` messages from a table (client -> reply content), leaving out clients that drop."""
+
+    def __init__(self, nodes: dict[int, int], replies: dict[int, RecordDict]):
+        self.nodes, self.replies = nodes, replies
+        self.sent: list[Message] = []
+
+    def create_message(self, content, message_type, dst_node_id, group_id):
+        return Message(content, dst_node_id, message_type, group_id=group_id)
+
+    def send_and_receive(self, messages, timeout=None):
+        self.sent.extend(messages)
+        out = []
+        for m in messages:
+            client = int(m.content["config"]["client"])
+            if client in self.replies:
+                reply = Message(self.replies[client], reply_to=m)
+                out.append(reply)
+        return out
+
+
+class FakeServer:
+    def __init__(self, model, num_clients: int):
+        family = family_of(model.config)
+        self.sync = SubFMSync(ffn_shapes(model, family, [1, 2]), num_clients, 4)
+        self.global_state = {"head.weight": torch.ones(2, 2)}
+        self.f = type("F", (), {"client_model": model, "settings": type("S", (), {"seed": 3, "num_clients": 3})})()
+
+
+def _reply(loss: float) -> RecordDict:
+    return RecordDict(
+        {
+            "metrics": flower_app.MetricRecord({"num-examples": 5, "loss": loss, "seconds": 0.1}),
+            "adapter": flower_app._record({"head.weight": torch.full((2, 2), loss)}),
+        }
+    )
+
+
+def test_a_client_that_does_not_reply_is_recorded_as_dropped_and_the_round_goes_on(sub_fm):
+    server = FakeServer(sub_fm, 3)
+    grid = FakeGrid({0: 10, 1: 11, 2: 12}, {0: _reply(0.5), 2: _reply(0.7)})
+    remote = flower_app.FlowerClients(grid, server, round_timeout=1.0, connect_timeout=1.0)
+    remote.node_of = {0: 10, 1: 11, 2: 12}
+    updates = remote.train(4, 1e-3, [0, 1, 2], server, collect=False)
+    assert [u.client for u in updates] == [0, 2]
+    assert all(isinstance(u, ClientUpdate) and u.num_examples == 5 for u in updates)
+    assert torch.equal(updates[1].adapter["head.weight"], torch.full((2, 2), 0.7))
+    record = remote.round_record()
+    assert record["dropped_clients"] == [1]
+    assert record["wire_bytes_sent"] > 0 and record["wire_bytes_received"] > 0
+    # nothing is sent that the client does not lack: no alignment yet, no sub-FM changes
+    assert all("sub_fm" not in m.content for m in grid.sent)
+
+
+def test_no_reply_at_all_stops_the_round(sub_fm):
+    server = FakeServer(sub_fm, 3)
+    remote = flower_app.FlowerClients(FakeGrid({}, {}), server, round_timeout=1.0, connect_timeout=1.0)
+    remote.node_of = {0: 10}
+    with pytest.raises(RuntimeError, match="no client replied"):
+        remote.train(1, 1e-3, [0], server, collect=False)
+
+
+def test_the_run_configuration_carries_the_fedtune_command_line(tmp_path):
+    fm = str(tiny.make_text_fm(tmp_path / "my fm"))
+    context = type("C", (), {})()
+    args = f"--model_checkpoint '{fm}' --task_name bbc --num_clients 3"
+    context.run_config = {"fedtune-args": args, "modality": "text", "round-timeout": 30.0}
+    settings, modality, round_timeout, _ = flower_app.run_settings(context)
+    assert (settings.model_checkpoint, settings.num_clients, modality.name, round_timeout) == (fm, 3, "text", 30.0)
+    context.run_config["modality"] = "audio"
+    with pytest.raises(ValueError, match="modality"):
+        flower_app.run_settings(context)
+    hello = ConfigRecord({"action": flower_app.HELLO})
+    assert hello["action"] == "hello"
+
+
+# ----------------------------------------------------------------------------------------------- a real deployment
+def _free_port_block(size: int = 16) -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + size < 65000:
+            return base
+    raise RuntimeError("no free port")
+
+
+def _metrics(root: Path) -> list[dict]:
+    (path,) = root.glob("*/*/*/metrics.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_local_deployment_gives_the_simulations_numbers(tmp_path):
+    from scripts.equality_check import build_assets, task_flags
+
+    build_assets(tmp_path)
+    flags = [
+        *task_flags(tmp_path, image=False),
+        *"--num_clients 2 --proportion 1.0 --num_rounds 3 --learning_rate 5e-3 --per_device_train_batch_size 4".split(),
+        *"--gradient_accumulation_steps 2 --lora_rank 4 --per_device_eval_batch_size 8 --align_batch_size 4".split(),
+        *"--align_epochs 0.5 --align_grad_accum_start 2 --align_grad_accum_min 1 --seed 7".split(),
+        *("--method", "pft", "--align_interval", "2", "--sub_model_checkpoint", str(tmp_path / "text-sub")),
+        *("--task_root", str(tmp_path / "task"), "--cache_dir", str(tmp_path / "cache")),
+    ]
+    env = tiny.subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    fedtune = ROOT / "federated_proxy_finetuning" / "fedtune.py"
+    sim = subprocess.run(
+        [sys.executable, str(fedtune), *flags, "--output_root", str(tmp_path / "sim")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    env.update(PY=sys.executable, FLOWER_WORK=str(tmp_path / "flower"))
+    command = ["bash", str(ROOT / "scripts" / "flower_local.sh"), "--supernodes", "2"]
+    command += ["--base-port", str(_free_port_block()), "--", *flags, "--output_root", str(tmp_path / "dep")]
+    dep = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "flower").glob("*.log"))
+    assert dep.returncode == 0, dep.stdout[-2000:] + dep.stderr[-2000:] + logs
+    assert "finished:completed" in dep.stdout
+
+    simulated, deployed = _metrics(tmp_path / "sim"), _metrics(tmp_path / "dep")
+    assert [r["round"] for r in deployed] == [0, 1, 2, 3]
+    assert [r["aligned"] for r in deployed] == [False, False, True, False]
+    for a, b in zip(simulated, deployed):
+        assert a["fm"]["eval_accuracy"] == b["fm"]["eval_accuracy"]
+        assert a["fm"]["eval_loss"] == pytest.approx(b["fm"]["eval_loss"], rel=1e-5)
+        if a["round"]:
+            assert a["client_loss"] == pytest.approx(b["client_loss"], rel=1e-5)
+            assert (a["bytes_sent"], a["bytes_received"]) == (b["bytes_sent"], b["bytes_received"])
+            assert b["dropped_clients"] == [] and b["wire_bytes_sent"] > 0 and b["wire_bytes_received"] > 0
+    # round 3 carries the alignment's sub-FM changes to both clients
+    assert deployed[3]["bytes_sent"] > deployed[1]["bytes_sent"]
+    (summary,) = (tmp_path / "dep").glob("*/*/*/summary.json")
+    assert json.loads(summary.read_text())["flower"]["clients_installed"] == [0, 1]
