@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A real Flower deployment on this machine: one SuperLink and N SuperNodes as separate processes on 127.0.0.1, the
 # FedPFT Flower app (scripts/flower_app) run on them, then everything stopped. The run folder is the one fedtune.py
-# would write for the same flags (metrics.jsonl, summary.json, checkpoints; --resume works).
+# would write for the same flags (metrics.jsonl, summary.json, checkpoints; --resume works). With --engine simulation
+# the same app runs on Flower's simulation engine instead (a SuperLink in simulation mode, N virtual SuperNodes).
 #
-#   bash scripts/flower_local.sh --supernodes 2 [--modality text|image] [--round-timeout S] [--base-port P] \
-#       -- <fedtune.py flags>
+#   bash scripts/flower_local.sh --supernodes 2 [--engine deployment|simulation] [--modality text|image] \
+#       [--round-timeout S] [--base-port P] -- <fedtune.py flags>
 #
 # SuperNode i holds client (partition) i, so --num_clients must equal --supernodes. Relative paths in the fedtune
 # flags are read from the current directory, as with fedtune.py. Everything runs without TLS, which is only
@@ -15,18 +16,20 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PY:-$root/.venv/bin/python}"
 BIN="$(dirname "$PY")"
-supernodes=2 modality=text round_timeout=0 base_port=19090
+supernodes=2 modality=text round_timeout=0 base_port=19090 engine=deployment
 while [ $# -gt 0 ]; do
     case "$1" in
         --supernodes) supernodes="$2"; shift 2 ;;
         --modality) modality="$2"; shift 2 ;;
+        --engine) engine="$2"; shift 2 ;;
         --round-timeout) round_timeout="$2"; shift 2 ;;
         --base-port) base_port="$2"; shift 2 ;;
         --) shift; break ;;
-        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown option $1 (flags for fedtune.py go after --)" >&2; exit 2 ;;
     esac
 done
+case "$engine" in deployment | simulation) ;; *) echo "error: --engine $engine: deployment or simulation" >&2; exit 2 ;; esac
 case "$supernodes" in '' | *[!0-9]* | 0) echo "error: --supernodes $supernodes: a positive integer" >&2; exit 2 ;; esac
 if ! [ -x "$BIN/flower-superlink" ]; then
     echo "error: Flower is not installed in $(dirname "$BIN"); run: $PY -m pip install -e '$root[flower]'" >&2
@@ -56,6 +59,9 @@ default = "fedpft-local"
 address = "127.0.0.1:$link"
 insecure = true
 EOF
+if [ "$engine" = simulation ]; then
+    printf '\n[superlink.fedpft-local.options]\nnum-supernodes = %d\n' "$supernodes" >>"$FLWR_HOME/config.toml"
+fi
 # the run configuration: the fedtune command line as one TOML string
 "$PY" - "$work/run.toml" "$modality" "$round_timeout" "${args[@]}" <<'EOF'
 import shlex, sys, tomli_w
@@ -72,7 +78,9 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-"$BIN/flower-superlink" --insecure --host 127.0.0.1 --port "$link" --database "$work/superlink.db" \
+simulation=()
+if [ "$engine" = simulation ]; then simulation=(--simulation); fi
+"$BIN/flower-superlink" "${simulation[@]}" --insecure --host 127.0.0.1 --port "$link" --database "$work/superlink.db" \
     >"$work/superlink.log" 2>&1 &
 pids+=($!)
 wait_port() {  # wait_port <port> <what> <log>: until something listens on 127.0.0.1:<port>
@@ -85,13 +93,19 @@ wait_port() {  # wait_port <port> <what> <log>: until something listens on 127.0
     done
 }
 wait_port "$link" SuperLink "$work/superlink.log"
-for ((i = 0; i < supernodes; i++)); do
+nodes=$supernodes
+if [ "$engine" = simulation ]; then nodes=0; fi
+for ((i = 0; i < nodes; i++)); do
     FLWR_HOME="$work/node$i" "$BIN/flower-supernode" --insecure --superlink "127.0.0.1:$link" \
         --port $((base_port + 10 + i)) --node-config "partition-id=$i num-partitions=$supernodes" \
         >"$work/supernode$i.log" 2>&1 &
     pids+=($!)
 done
-echo "SuperLink and $supernodes SuperNodes on 127.0.0.1 (logs in $work)"
+if [ "$engine" = simulation ]; then
+    echo "SuperLink in simulation mode with $supernodes virtual SuperNodes on 127.0.0.1 (logs in $work)"
+else
+    echo "SuperLink and $supernodes SuperNodes on 127.0.0.1 (logs in $work)"
+fi
 
 started=$(date +%s)
 "$BIN/flwr" run "$root/scripts/flower_app" fedpft-local --run-config "$work/run.toml" --stream 2>&1 \
