@@ -46,6 +46,14 @@ def run_cli(main: Callable[[], int | None]) -> None:
 
 
 def _one_line(message) -> None:
+    """`error: <message>` on a line of its own: progress bars a stop left open are closed (cleared) first."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except ImportError:
+        pass
     text = " ".join(str(message).split())
     print(f"error: {text}", file=sys.stderr, flush=True)
 

@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
         return distil_steps(s, modality, plan, corpus, out, accelerator)
     except Interrupted as stop:
         last = io.latest_checkpoint(out, distillation.CHECKPOINT_PREFIX, distillation.STATE_FILE) if out else None
-        raise stop.saying(
-            f"last checkpoint: {last or 'none yet'}; continue with --resume_from_checkpoint True"
-        ) from None
+        detail = f"during distillation; last checkpoint: {last or 'none yet'}"
+        raise stop.saying(f"{detail}; continue with --resume_from_checkpoint True") from None
     finally:
         if lock is not None:
             lock.release()

@@ -29,10 +29,10 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
     def __str__(self) -> str:
-        return f"interrupted by {signal.Signals(self.signum).name}{'; ' + self.detail if self.detail else ''}"
+        return f"interrupted by {signal.Signals(self.signum).name}{' ' + self.detail if self.detail else ''}"
 
     def saying(self, detail: str) -> Interrupted:
-        """The same stop, told with what it interrupted."""
+        """The same stop, told with what it interrupted ("during round 3; last round checkpoint: ...")."""
         return Interrupted(self.signum, detail)
 
 
