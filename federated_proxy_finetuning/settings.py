@@ -74,7 +74,7 @@ class PartitionSettings:
     """Client partition (spec §4.3, flgo) and the local/server holdouts (spec §4.1)"""
 
     partitioner: str = option("iid", "iid, Dirichlet (dir) or class diversity (div)", choices=("iid", "dir", "div"))
-    dir_alpha: float = option(1.0, "Dirichlet Dir(alpha*p) concentration", valid=Range(0, 1e6, low_open=True))
+    dir_alpha: float = option(1.0, "Dirichlet Dir(alpha*p) concentration", valid=Range(0, 10**6, low_open=True))
     diversity: float = option(1.0, "fraction of classes per client (div)", valid=Range(0, 1, low_open=True))
     imbalance: float = option(0.0, "client data-size imbalance (0 = equal)", valid=PROBABILITY)
     seed: int | None = option(

@@ -26,7 +26,8 @@ def rows(cls, modality: str | None = None) -> list[tuple[str, str, str]]:
         valid, choices = m.get("valid"), m.get("choices")
         default = f.default[0] if isinstance(f.default, tuple) and f.default else f.default
         if valid is not None:
-            kind = "integer" if m.get("parse") is int or type(default) is int else "number"
+            parse = m.get("parse")
+            kind = "integer" if parse is int or (parse is None and type(default) is int) else "number"
             text = f"{kind} {valid}" if m.get("nargs") is None else f"integers, each {valid}"
         elif choices is not None:
             text = "one of " + ", ".join(f"`{c}`" for c in choices)
