@@ -173,6 +173,7 @@ def align(
     seed: int,
     accelerator,
     max_grad_norm: float = 1.0,
+    where: dict | None = None,
 ) -> dict:
     """One neuron-level alignment (spec §4.10): distil the FM (teacher, with the global adapter plugged in) into
     the sub-FM (student) on the public corpus, updating only the non-frozen neurons of the compressed layers.
@@ -212,7 +213,8 @@ def align(
                 data_parallel=accelerator,
                 log_every=max(1, steps // 5),
                 grad_hook=guard.mask_gradients,
-                desc="align",
+                desc="alignment",
+                where=where,
             )
         finally:
             guard.restore()

@@ -62,6 +62,7 @@ class Aligner:
             seed=self.seed + round_index,
             accelerator=accelerator,
             max_grad_norm=self.max_grad_norm,
+            where={"round": round_index},
         )
 
     @staticmethod

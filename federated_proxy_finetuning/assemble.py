@@ -7,11 +7,15 @@ Every check that can refuse bad input runs before the run folder is created, so 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
+import shutil
 from pathlib import Path
 
 import torch
 
+from sub_model_construct import io, reads
 from sub_model_construct.cli import UsageError
 from sub_model_construct.families import Family, UnsupportedModelError, backbone, family_of
 from sub_model_construct.settings import as_flags
@@ -24,12 +28,13 @@ from sub_model_construct.sub_model import (
     mebi,
 )
 
-from .adapters import LayerRenamer, adapter_state, check_adapters_match, with_lora
+from .adapters import LayerRenamer, adapter_state, check_adapters_match, state_bytes, with_lora
+from .align import alignment_parameters
 from .aligner import Aligner
 from .client import ClientTrainer
 from .modality import Modality
 from .partition import PartitionError, load_or_create_partition
-from .results import RunFolder
+from .results import CHECKPOINT_PREFIX, RunFolder
 from .server import Federation, Server, sample_schedule
 from .settings import FedSettings
 
@@ -136,7 +141,7 @@ def build_models(s: FedSettings, modality: Modality, task, fm_config):
     family = fm_family(s, modality, fm_config)
     labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
     torch.manual_seed(s.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
-    fm = modality.head_class().from_pretrained(s.model_checkpoint, **labels)
+    fm = reads.pretrained(modality.head_class(), s.model_checkpoint, (f"{family.head}.", "pooler."), **labels)
     fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
     n = fm_config.num_hidden_layers
     if s.kind.client == "FM":
@@ -207,17 +212,69 @@ def load_data(s: FedSettings, modality: Modality, accelerator, fm_config):
     return task, preprocessor
 
 
-def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | None:
-    from transformers import AutoConfig
+def extension_source(s: FedSettings, run: RunFolder) -> Path | None:
+    """`--resume True` on a run folder that does not exist: the same run with fewer rounds, when there is one, is
+    extended to --num_rounds (copied, then continued from its last round checkpoint). Refused with the reason
+    where the first rounds would not have been the same had the run been started with --num_rounds."""
+    if s.resume is not True or run.path.exists():
+        return None
+    sources = {}
+    for folder in run.path.parent.glob(f"{s.method}-*"):
+        match = re.search(r"-rounds(\d+)-", folder.name)
+        old = dataclasses.replace(s, num_rounds=int(match.group(1))) if match else None
+        if (
+            old is not None
+            and old.num_rounds < s.num_rounds
+            and re.sub(r"-rounds\d+-|-align(True|False)-", "", old.run_name)
+            == re.sub(r"-rounds\d+-|-align(True|False)-", "", folder.name)
+        ):
+            sources[old.num_rounds] = (folder, old)
+    if not sources:
+        return None
+    folder, old = sources[max(sources)]
+    why = extension_refusal(old, s)
+    if why:
+        raise UsageError(f"--resume: {folder} cannot be extended to {s.num_rounds} rounds: {why}")
+    if old.run_name != folder.name:
+        return None
+    return folder
 
+
+def extension_refusal(old: FedSettings, new: FedSettings) -> str | None:
+    """Why rounds 1..R_old of `old` differ from those of `new` (None when they are the same)."""
+    if new.lr_scheduler_type == 2:
+        return "the linear learning-rate decay (--lr_scheduler_type 2) depends on --num_rounds"
+    if old.aligning != new.aligning:
+        return f"alignment every {new.align.interval} rounds is off with {old.num_rounds} rounds (t >= R)"
+    if old.evaluates_in(old.num_rounds) != new.evaluates_in(old.num_rounds):
+        return (
+            f"round {old.num_rounds} was evaluated as the last round but is not on --eval_interval {new.eval_interval}"
+        )
+    return None
+
+
+def check_outputs(s: FedSettings, run: RunFolder, fm_peft, client, aligner) -> None:
+    """The run folder and the partition cache can be written, with room for a few round checkpoints."""
+    checkpoint = state_bytes(adapter_state(fm_peft))
+    if aligner is not None:
+        family = family_of(backbone(client).config)
+        checkpoint += sum(p.numel() * p.element_size() for _, p in alignment_parameters(client, family, aligner.layers))
+    io.check_writable(run.path, "run folder", 4 * checkpoint + (1 << 20))
+    io.check_writable(s.partition.task_root, "partition cache folder (--task_root)")
+
+
+def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | None:
     run = RunFolder(Path(s.output_root) / s.task_name / s.model_name / s.run_name, accelerator.is_main_process)
+    run.lock.check()  # a run folder in use by another run is refused whatever the flags
     decided = resolve_resume(s, run)
     if decided is None:
         if accelerator.is_main_process:
             print(f"{s.method}: finished run found in {run.path}; skipped (--resume auto)")
         return None
     resume, overwrite = decided
-    fm_config = AutoConfig.from_pretrained(s.model_checkpoint)
+    fm_config = reads.config(s.model_checkpoint)
+    fm_family(s, modality, fm_config)
+    s.check_model_limits(fm_config, modality.name)
     task, preprocessor = load_data(s, modality, accelerator, fm_config)
     metric = best_model_metric(task, s)
     fm_peft, client, renamer, pairs, client_params, fm_params = build_models(s, modality, task, fm_config)
@@ -230,11 +287,36 @@ def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | No
         raise UsageError(
             f"run folder {run.path} exists; pass --resume True (or auto) to continue it or --overwrite True"
         )
-    checkpoint = run.latest_checkpoint() if resume else None
+    source = extension_source(s, run)
+    resumed = RunFolder(source, accelerator.is_main_process) if source else run
+    checkpoint = resumed.latest_checkpoint() if resume else None
     if resume and checkpoint is None:
         raise UsageError(f"--resume: no round checkpoint in {run.path}")
+    if checkpoint is not None:
+        keys = ("round", "sync", "grad_accum") if aligner is not None else ("round", "sync")
+        resumed.check_resumable(checkpoint, keys)
+    check_outputs(s, run, fm_peft, client, aligner)
     partition = client_partition(s, task, accelerator)
+    if accelerator.is_main_process:
+        run.lock.acquire()
+    try:
+        return start(s, accelerator, run, source, checkpoint, resume, overwrite, task, partition, metric,
+                     (fm_peft, client, renamer, client_params, fm_params), aligner)  # fmt: skip
+    except BaseException:
+        run.lock.release()
+        raise
 
+
+def start(s, accelerator, run, source, checkpoint, resume, overwrite, task, partition, metric, models, aligner):
+    """Everything that writes: the run folder (a copy of the run it extends), config.json, the server."""
+    fm_peft, client, renamer, client_params, fm_params = models
+    if source is not None and accelerator.is_main_process:
+        with io.atomic_folder(run.path) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+        logger.info("extending %s to %d rounds in %s", source, s.num_rounds, run.path)
+    accelerator.wait_for_everyone()
+    if source is not None:
+        checkpoint = run.checkpoint_dir(io.checkpoint_step(checkpoint, CHECKPOINT_PREFIX))
     run.prepare(resume=resume, overwrite=overwrite)
     fm_peft.to(accelerator.device)
     client.to(accelerator.device)

@@ -110,6 +110,8 @@ class ClientTrainer:
                     device=self.device,
                     progress=False,
                     log_every=steps,
+                    desc="client training",
+                    where={"round": round_index, "client": client},
                 )
         except NonFiniteLossError as exc:
             return ClientUpdate(client, None, len(data), float("nan"), time.perf_counter() - started, error=str(exc))

@@ -26,6 +26,7 @@ import torch
 
 from federated_proxy_finetuning.modality import MODALITIES
 from federated_proxy_finetuning.settings import METHODS, FedSettings
+from sub_model_construct import reads
 from sub_model_construct import settings as settings_lib
 from sub_model_construct.cli import UsageError, run_cli, setup_logging
 
@@ -47,9 +48,17 @@ def parse_settings(argv: list[str] | None, modality: str) -> FedSettings:
     return settings_lib.from_namespace(FedSettings, namespace, MODALITIES[modality].defaults)
 
 
-def main(argv: list[str] | None = None, modality: str = "text") -> int:
-    settings = parse_settings(argv, modality)  # refuses bad flags before accelerate starts
+def check_flags(argv: list[str] | None, modality: str) -> FedSettings:
+    """Every check of the flags that needs no more than the FM's config.json: ranges, combinations and the limits
+    of the FM (what a refused command line is refused by before anything is loaded or written)."""
+    settings = parse_settings(argv, modality)
     settings.check_inputs()
+    settings.check_model_limits(reads.config(settings.model_checkpoint), modality)
+    return settings
+
+
+def main(argv: list[str] | None = None, modality: str = "text") -> int:
+    settings = check_flags(argv, modality)  # refuses bad flags before accelerate starts
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=settings.cpu or not torch.cuda.is_available())
@@ -60,7 +69,10 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
     server = build_server(settings, accelerator, MODALITIES[modality])
     if server is None:  # --resume auto on a finished run
         return 0
-    summary = server.run()
+    try:
+        summary = server.run()
+    finally:
+        server.f.run.lock.release()
     if accelerator.is_main_process and "final" in summary:
         key = summary["metric"]
         print(

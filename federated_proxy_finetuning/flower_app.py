@@ -52,15 +52,14 @@ HELLO, INSTALL = "hello", "install"
 # ----------------------------------------------------------------------------------------------- settings
 def run_settings(context: Context):
     """(FedSettings, Modality, round timeout, connect timeout) from the run configuration."""
-    from .fedtune import parse_settings
+    from .fedtune import check_flags
     from .modality import MODALITIES
 
     config = context.run_config
     modality = str(config.get("modality", "text"))
     if modality not in MODALITIES:
         raise ValueError(f"run config modality={modality!r}: choose from {sorted(MODALITIES)}")
-    settings = parse_settings(shlex.split(str(config.get("fedtune-args", ""))), modality)
-    settings.check_inputs()
+    settings = check_flags(shlex.split(str(config.get("fedtune-args", ""))), modality)
     round_timeout = float(config.get("round-timeout", 0)) or None
     return settings, MODALITIES[modality], round_timeout, float(config.get("connect-timeout", 600))
 
@@ -280,7 +279,10 @@ def server_main(grid: Grid, context: Context) -> None:
     shipped = remote.connect()
     server.f.info["flower"] = {"transport": "flower", **shipped}
     server.f.remote = remote
-    summary = server.run()
+    try:
+        summary = server.run()
+    finally:
+        server.f.run.lock.release()
     if "final" in summary:
         key = summary["metric"]
         logger.info(

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sub_model_construct import corpus as corpus_lib
+from sub_model_construct import reads
 from sub_model_construct.cli import UsageError
+from sub_model_construct.families import max_tokens
 
 from .settings import FedSettings
 from .tasks import TaskData, TaskError, load_image_task, load_text_task
@@ -31,7 +33,7 @@ class Modality:
         """The FM's tokenizer or image processor."""
         import transformers
 
-        return getattr(transformers, self.processor).from_pretrained(settings.model_checkpoint)
+        return reads.preprocessor(getattr(transformers, self.processor), settings.model_checkpoint)
 
     def load_task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
         raise NotImplementedError
@@ -56,7 +58,8 @@ class Modality:
 class Text(Modality):
     def load_task(self, settings: FedSettings, tokenizer, fm_config) -> TaskData:
         s = settings
-        return load_text_task(s.task_name, s.dataset_path, tokenizer, s.max_length, s.cache_dir, s.dataset_label_name)
+        length = min(s.max_length, max_tokens(fm_config))  # longer sequences would not fit the position embeddings
+        return load_text_task(s.task_name, s.dataset_path, tokenizer, length, s.cache_dir, s.dataset_label_name)
 
     def public_corpus(self, settings: FedSettings, tokenizer, fm_config):
         a = settings.align

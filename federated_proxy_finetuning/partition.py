@@ -160,11 +160,25 @@ def load_or_create_partition(
     key = dataset_key(dataset_identity, labels)
     folder = Path(root) / task_dir_name(task_name, num_clients, partitioner, imbalance, dir_alpha, diversity, seed, key)
     cache = folder / "data.json"
+    digest = folder / "data.json.sha256"  # what data.json held when written: a changed cache is never trusted
     if cache.is_file():
-        logger.info("reusing the client partition %s", cache)
-        return _read_cache(cache, num_clients, len(labels))
+        try:
+            parts = _read_cache(cache, num_clients, len(labels))
+            if not digest.is_file() or digest.read_text().strip() == _sha256(cache):
+                if write and not digest.is_file():  # written before digests were kept: its content fits the task
+                    atomic_write_text(digest, _sha256(cache) + "\n")
+                logger.info("reusing the client partition %s", cache)
+                return parts
+        except (PartitionError, OSError):
+            pass
+        logger.warning("the client partition %s is damaged: making it again", cache)
     parts = make_partition(labels, num_clients, partitioner, dir_alpha, diversity, imbalance, seed)
     if write:
         atomic_write_text(cache, json.dumps({str(c): {"data": part} for c, part in enumerate(parts)}))
+        atomic_write_text(digest, _sha256(cache) + "\n")
         logger.info("client partition written to %s", cache)
     return parts
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sub_model_construct import io
+from sub_model_construct import io, reads
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "flgo", "numpy", "scikit-learn")
 CHECKPOINT_PREFIX = "checkpoint-round"
@@ -59,6 +59,7 @@ class RunFolder:
         self.is_main = is_main
         self.metrics_path = self.path / "metrics.jsonl"
         self.server = self.path / "server"
+        self.lock = io.RunLock(self.path)  # one run per folder
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self, resume: bool, overwrite: bool) -> None:
@@ -69,11 +70,14 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
 
     def is_finished(self) -> bool:
-        """A summary.json that says the run finished."""
-        try:
-            return bool(json.loads((self.path / "summary.json").read_text()).get("finished"))
-        except (OSError, ValueError, AttributeError):
+        """A summary.json that says the run finished (one that cannot be read is refused, naming it)."""
+        path = self.path / "summary.json"
+        if not path.exists():
             return False
+        summary = reads.json_file(path, "run summary")
+        if not isinstance(summary, dict):
+            raise reads.ReadError(f"run summary {path} is not a JSON object")
+        return bool(summary.get("finished"))
 
     def write_json(self, relative: str | os.PathLike, obj) -> None:
         if self.is_main:
@@ -84,9 +88,21 @@ class RunFolder:
 
     # ------------------------------------------------------------------ metrics
     def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl; a line that is not a record with an integer round is refused, naming it."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        with reads.reading(self.metrics_path, "metrics file"):
+            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        records = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            with reads.reading(f"{self.metrics_path}:{n}", "metrics record"):
+                record = json.loads(line)
+            if not isinstance(record, dict) or type(record.get("round")) is not int:
+                raise reads.ReadError(f"metrics record {self.metrics_path}:{n} has no integer round")
+            records.append(record)
+        return records
 
     def _write_metrics(self, records: list[dict]) -> None:
         if self.is_main:
@@ -146,5 +162,25 @@ class RunFolder:
         return io.latest_checkpoint(self.server, CHECKPOINT_PREFIX, STATE_FILE)
 
     @staticmethod
-    def read_state(checkpoint: Path) -> dict:
-        return io.load_state(checkpoint, STATE_FILE)
+    def read_state(checkpoint: Path, keys: tuple[str, ...] = ("round", "sync")) -> dict:
+        """The server state of a round checkpoint; a file that cannot be read, or lacks `keys` or its round, is
+        refused naming it."""
+        path = checkpoint / STATE_FILE
+        with reads.reading(path, "server state"):
+            state = io.load_state(checkpoint, STATE_FILE)
+        missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise reads.ReadError(f"server state {path} lacks {', '.join(missing)}")
+        if state["round"] != io.checkpoint_step(checkpoint, CHECKPOINT_PREFIX):
+            raise reads.ReadError(f"server state {path} is of round {state['round']}, not of its folder's round")
+        return state
+
+    def check_resumable(self, checkpoint: Path, state_keys: tuple[str, ...]) -> None:
+        """Read everything a resume from `checkpoint` reads (server state, adapter, metrics) before any writing."""
+        self.read_state(checkpoint, state_keys)
+        with reads.reading(checkpoint / "adapter_model.safetensors", "adapter file"):
+            read_adapter(checkpoint)
+        rounds = [r["round"] for r in self.read_metrics()]
+        last = io.checkpoint_step(checkpoint, CHECKPOINT_PREFIX)
+        if last not in rounds:  # metrics are written before the checkpoint of their round
+            raise reads.ReadError(f"metrics file {self.metrics_path} lacks round {last} of checkpoint {checkpoint}")

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from sub_model_construct.families import backbone, family_of
+from sub_model_construct.signals import Interrupted
+from sub_model_construct.train_loop import NonFiniteLossError
 
 from .adapters import FederatedError, adapter_state, aggregate, load_adapter, state_bytes
 from .align import zero_activation_rates
@@ -97,14 +100,26 @@ class Server:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         s = self.f.settings
-        if not self.resumed and s.eval_interval > 0:
-            self.round_zero()
-        for r in range(self.start_round + 1, s.num_rounds + 1):
-            self.round(r)
-            if s.stop_after_round and r == s.stop_after_round and r < s.num_rounds:
-                logger.info("stopping after round %d as asked (--stop_after_round); continue with --resume", r)
-                return self.write_summary(finished=False)
-        return self.write_summary(finished=True)
+        r = self.start_round
+        try:
+            if not self.resumed and s.eval_interval > 0:
+                self.round_zero()
+            for r in range(self.start_round + 1, s.num_rounds + 1):
+                self.round(r)
+                if s.stop_after_round and r == s.stop_after_round and r < s.num_rounds:
+                    logger.info("stopping after round %d as asked (--stop_after_round); continue with --resume", r)
+                    return self.write_summary(finished=False)
+            return self.write_summary(finished=True)
+        except Interrupted as stop:
+            raise stop.saying(f"during round {r}; {self.last_checkpoint()}; continue with --resume True") from None
+
+    def last_checkpoint(self) -> str:
+        """Where a stopped run continues from, for its one-line message."""
+        latest = self.f.run.latest_checkpoint()
+        return f"last round checkpoint: {latest}" if latest else "no round checkpoint yet"
+
+    def stop(self, what: str) -> FederatedError:
+        return FederatedError(f"{what}; {self.last_checkpoint()}")
 
     def round(self, r: int) -> None:
         s, aligner = self.f.settings, self.f.aligner
@@ -116,6 +131,9 @@ class Server:
         updates = self.train_clients(r, lr, collect)
         t1 = time.perf_counter()
         self.aggregate(r, updates)
+        bad = [k for k, v in self.global_state.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise self.stop(f"non-finite values in aggregation, round {r}: the global adapter's {bad[0]}")
         self.plug_in()
         t2 = time.perf_counter()
         record = {"round": r, "learning_rate": lr, **self.client_record(updates, collect)}
@@ -123,6 +141,7 @@ class Server:
             record.update(self.f.remote.round_record())
         if s.evaluates_in(r):
             record.update(self.evaluate())
+            self.check_finite_eval(record, r)
         t3 = time.perf_counter()
         record["aligned"] = aligner is not None and aligner.aligns_in(r)
         if record["aligned"]:
@@ -167,10 +186,7 @@ class Server:
     def check_updates(self, r: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         failed = [u for u in updates if u.error]
         if failed:
-            raise FederatedError(
-                f"round {r}, client {failed[0].client}: {failed[0].error}; "
-                f"last good checkpoint: {self.f.run.latest_checkpoint() or 'none (round 0)'}"
-            )
+            raise self.stop(failed[0].error)
         return updates
 
     def aggregate(self, r: int, updates: list[ClientUpdate]) -> None:
@@ -197,12 +213,21 @@ class Server:
             record["sub_fm"] = evaluate(f.client_model, f.task, batch, f.accelerator)
         return record
 
+    def check_finite_eval(self, record: dict, r: int) -> None:
+        for model in ("fm", "sub_fm"):
+            bad = [k for k, v in (record.get(model) or {}).items() if k.endswith("loss") and not np.isfinite(v)]
+            if bad:
+                raise self.stop(f"non-finite loss ({record[model][bad[0]]}) in evaluation of the {model}, round {r}")
+
     def align(self, r: int, updates: list[ClientUpdate], collect: bool) -> dict:
         rates = zero_activation_rates([u.stats for u in updates]) if collect else None
         f = self.f
-        result = f.aligner.run(
-            f.fm, f.client_model, rates, r, f.accelerator, self.global_state, self.last_client_adapter
-        )
+        try:
+            result = f.aligner.run(
+                f.fm, f.client_model, rates, r, f.accelerator, self.global_state, self.last_client_adapter
+            )
+        except NonFiniteLossError as exc:
+            raise self.stop(str(exc)) from exc
         self.sync.record_alignment(result.pop("updated_neurons"))
         f.run.write_json(Path("align") / f"round{r}.json", result)
         return f.aligner.summary(result)

@@ -11,16 +11,24 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from sub_model_construct.cli import FETCH_HINT, UsageError, str2bool
+from sub_model_construct.families import UnsupportedModelError, max_tokens
 from sub_model_construct.settings import (
     AT_LEAST_ONE,
+    EPOCHS,
+    IMAGE_SIZE,
     NON_NEGATIVE,
     POSITIVE,
+    PROBABILITY,
+    SEED,
     SHARE,
+    TOKENS,
     Range,
     adapter_layers_option,
     group,
     option,
 )
+
+ROUNDS = Range(1, 100_000)  # the client schedule of every round is drawn at start-up
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,9 @@ def resume_mode(value: str) -> bool | str:
 class LoraSettings:
     """LoRA on the attention projections, plus the head trained whole (spec §4.4)"""
 
-    rank: int = option(4, "LoRA rank", valid=AT_LEAST_ONE, flag="lora_rank")
+    rank: int = option(4, "LoRA rank (at most the FM's hidden size)", valid=AT_LEAST_ONE, flag="lora_rank")
     alpha: float = option(16, "LoRA alpha (scaling alpha / rank)", parse=float, valid=POSITIVE, flag="lora_alpha")
-    dropout: float = option(0.1, "dropout on the LoRA input", valid=Range(0, 1), flag="lora_dropout")
+    dropout: float = option(0.1, "dropout on the LoRA input", valid=PROBABILITY, flag="lora_dropout")
     bias: str = option("none", "which biases train", choices=("none", "all", "lora_only"))
     modules_to_save: tuple[str, ...] | None = option(
         None, "modules trained whole and communicated (default: the family's head)", nargs="*"
@@ -66,13 +74,14 @@ class PartitionSettings:
     """Client partition (spec §4.3, flgo) and the local/server holdouts (spec §4.1)"""
 
     partitioner: str = option("iid", "iid, Dirichlet (dir) or class diversity (div)", choices=("iid", "dir", "div"))
-    dir_alpha: float = option(1.0, "Dirichlet Dir(alpha*p) concentration", valid=POSITIVE)
+    dir_alpha: float = option(1.0, "Dirichlet Dir(alpha*p) concentration", valid=Range(0, 10**6, low_open=True))
     diversity: float = option(1.0, "fraction of classes per client (div)", valid=Range(0, 1, low_open=True))
-    imbalance: float = option(0.0, "client data-size imbalance (0 = equal)", valid=NON_NEGATIVE)
+    imbalance: float = option(0.0, "client data-size imbalance (0 = equal)", valid=PROBABILITY)
     seed: int | None = option(
         None,
         "seed of the client partition (default: --seed); the partition cache is keyed by it",
         parse=int,
+        valid=SEED,
         flag="partition_seed",
     )
     train_holdout: float = option(
@@ -90,7 +99,10 @@ class AlignSettings:
 
     interval: int = option(10, "t; alignment only when 0 < t < num_rounds", valid=NON_NEGATIVE, flag="align_interval")
     epochs: float = option(
-        0.01, "fraction of a public-corpus epoch per alignment", valid=NON_NEGATIVE, flag="align_epochs"
+        0.01,
+        "fraction of a public-corpus epoch per alignment (below 0.001: one step)",
+        valid=Range(0, 1000),
+        flag="align_epochs",
     )
     retained_ratio: float = option(0.5, "r: frozen share; updated p = 1 - r", valid=SHARE, flag="align_retained_ratio")
     retained_layers_idx: tuple[int, ...] | None = option(
@@ -98,10 +110,11 @@ class AlignSettings:
         "optional; must equal the sub-FM's layers_retained (read from its config, spec §6.4)",
         parse=int,
         nargs="*",
+        valid=NON_NEGATIVE,
     )
     batch_size: int = option(16, "per-device batch of public-corpus items", valid=AT_LEAST_ONE, flag="align_batch_size")
     learning_rate: float = option(6e-4, "alignment learning rate", valid=POSITIVE, flag="align_learning_rate")
-    warmup_ratio: float = option(0.048, "linear warm-up share", valid=Range(0, 1), flag="align_warmup_ratio")
+    warmup_ratio: float = option(0.048, "linear warm-up share", valid=PROBABILITY, flag="align_warmup_ratio")
     grad_accum_start: int = option(
         32,
         "accumulation counter, halved before each alignment down to the floor",
@@ -125,7 +138,11 @@ class AlignSettings:
     )
     text_corpus_2_config: str = option("20220301.en", "", flag="distill_dataset2_config", modality="text")
     block_size: int = option(
-        512, "tokens per public-corpus block", valid=AT_LEAST_ONE, flag="align_block_size", modality="text"
+        512,
+        "tokens per public-corpus block (at most the FM's max_position_embeddings)",
+        valid=AT_LEAST_ONE,
+        flag="align_block_size",
+        modality="text",
     )
     image_corpus: str = option(
         "../datasets/IMAGENET", "public image corpus (alignment)", flag="distill_dataset_path", modality="image"
@@ -138,14 +155,16 @@ class ReferenceFlags:
 
     fp16: bool = option(False, "refused: the runs are float32")
     save_client: bool = option(False, "no effect")
-    dataloader_num_workers: int = option(0, "no effect")
+    dataloader_num_workers: int = option(0, "no effect", valid=NON_NEGATIVE)
     remove_unused_columns: bool = option(False, "no effect")
     push_to_hub: bool = option(False, "no effect")
-    num_virtual_tokens: int | None = option(None, "no effect", parse=int)
-    tuning_method: str = option("lora", "only lora is implemented (as in the reference)")
+    num_virtual_tokens: int | None = option(None, "no effect", parse=int, valid=AT_LEAST_ONE)
+    tuning_method: str = option("lora", "only lora is implemented (as in the reference)", choices=("lora",))
     evaluate_path: str | None = option(None, "no effect")
     label_names: tuple[str, ...] = option(("labels",), "no effect", nargs="*")
-    num_train_epochs: float | None = option(None, "accepted; unused (as in the reference)", parse=float)
+    num_train_epochs: float | None = option(
+        None, "accepted; unused (as in the reference)", parse=float, valid=NON_NEGATIVE
+    )
 
 
 @dataclass(frozen=True)
@@ -172,12 +191,15 @@ class FedSettings:
     )
     dataset_path: str = option("../datasets/glue", "task data folder")
     dataset_label_name: str = option("label", "label column (CIFAR-100: fine_label)")
-    max_length: int = option(512, "tokenizer truncation length", valid=AT_LEAST_ONE)
+    max_length: int = option(
+        512, "tokenizer truncation length (capped at the FM's max_position_embeddings)", valid=TOKENS
+    )
     image_size: int | None = option(
         None,
-        "train/eval resolution (default: the FM's; the reference used 384 with interpolated position embeddings)",
+        "train/eval resolution (default: the FM's; at least its patch size; the reference used 384 with "
+        "interpolated position embeddings)",
         parse=int,
-        valid=AT_LEAST_ONE,
+        valid=IMAGE_SIZE,
         modality="image",
     )
     hflip: bool = option(True, "random horizontal flips in client training", modality="image")
@@ -191,9 +213,9 @@ class FedSettings:
     max_eval_samples: int = option(
         0, "evaluate on a seeded random subset of N examples of each split (0 = all)", valid=NON_NEGATIVE
     )
-    seed: int = option(1206, "seed of sampling, client training, alignment (and the partition by default)")
-    num_clients: int = option(100, "number of clients", valid=AT_LEAST_ONE)
-    num_rounds: int = option(10, "communication rounds R", valid=AT_LEAST_ONE)
+    seed: int = option(1206, "seed of sampling, client training, alignment (and the partition by default)", valid=SEED)
+    num_clients: int = option(100, "number of clients (at most the training examples)", valid=AT_LEAST_ONE)
+    num_rounds: int = option(10, "communication rounds R", valid=ROUNDS)
     proportion: float = option(0.2, "fraction of clients per round", valid=Range(0, 1, low_open=True))
     sample: str = option("uniform", "client sampling", choices=("uniform", "full", "md"))
     aggregate: str = option(
@@ -206,9 +228,9 @@ class FedSettings:
     output_root: str = option("./fed-result", "where run folders are written")
     learning_rate: float = option(2e-5, "client learning rate eta0", valid=POSITIVE)
     lr_scheduler_type: int = option(0, "across-round schedule (spec §4.8)", choices=(-1, 0, 1, 2))
-    lr_decay: float = option(0.95, "per-round decay of type 0")
+    lr_decay: float = option(0.95, "per-round decay factor of type 0", valid=Range(0, 1, low_open=True))
     lr_type2_reference: bool = option(False, "type 2 as the reference: skip the (R-1)/R step (spec §6.6)")
-    num_epochs: float = option(1.0, "local epochs per round", valid=POSITIVE)
+    num_epochs: float = option(1.0, "local epochs per round", valid=EPOCHS)
     per_device_train_batch_size: int = option(32, "client micro-batch", valid=AT_LEAST_ONE)
     gradient_accumulation_steps: int = option(4, "micro-batches per step and process", valid=AT_LEAST_ONE)
     per_device_eval_batch_size: int = option(16, "evaluation batch", valid=AT_LEAST_ONE)
@@ -222,7 +244,9 @@ class FedSettings:
         parse=resume_mode,
     )
     overwrite: bool = option(False, "replace an existing run folder")
-    stop_after_round: int = option(0, "stop after round k as if interrupted", valid=NON_NEGATIVE)
+    stop_after_round: int = option(
+        0, "stop after round k as if interrupted (0 = never; at most --num_rounds)", valid=NON_NEGATIVE
+    )
     cpu: bool = option(False, "force CPU (gloo) even when a GPU is visible")
     num_processes: int = option(1, command_line=False)  # filled in by the entry point from accelerate
     lora: LoraSettings = group(LoraSettings)
@@ -305,4 +329,26 @@ class FedSettings:
         if self.sub_model_checkpoint and self.kind.client != "FM" and not os.path.isdir(self.sub_model_checkpoint):
             raise UsageError(
                 f"sub-FM folder {self.sub_model_checkpoint} not found; build it with sub_model_construct/distill.py"
+            )
+        if self.stop_after_round > self.num_rounds:
+            raise UsageError(
+                f"--stop_after_round must be in [0, --num_rounds {self.num_rounds}], got {self.stop_after_round}"
+            )
+
+    def check_model_limits(self, config, modality: str) -> None:
+        """Ranges that depend on the FM's config (read before any weights): alignment blocks its position embeddings
+        cover, a LoRA rank no larger than its hidden size, images of at least one patch. (--max_length is capped at
+        the positions instead: a longer limit truncates nothing more.)"""
+        if self.lora.rank > config.hidden_size:
+            raise UsageError(f"--lora_rank must be in [1, {config.hidden_size}] for this FM, got {self.lora.rank}")
+        if modality == "text":
+            try:
+                limit = max_tokens(config)
+            except UnsupportedModelError:
+                return  # refused with the supported families when the models are built
+            if self.aligning and self.align.block_size > limit:
+                raise UsageError(f"--align_block_size must be in [1, {limit}] for this FM, got {self.align.block_size}")
+        elif self.image_size is not None and self.image_size < config.patch_size:
+            raise UsageError(
+                f"--image_size must be at least the FM's patch size {config.patch_size}, got {self.image_size}"
             )

@@ -17,6 +17,7 @@ import torch
 import datasets
 from sub_model_construct.corpus import CorpusError, image_normalisation, image_transform, text_collator
 from sub_model_construct.io import atomic_folder
+from sub_model_construct.reads import manifest_holds, reading, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ def _load_text_dict(dataset_path: str, task_name: str) -> datasets.DatasetDict:
     root = Path(dataset_path)
     for folder in (root / task_name, root):
         if _is_saved_dict(folder):
-            return datasets.load_from_disk(str(folder))
+            with reading(folder, "dataset folder"):
+                return datasets.load_from_disk(str(folder))
     hint = f"; {FETCH_HINT}" if task_name in EMBEDDED_TASKS else ""
     if not root.exists():
         raise TaskError(f"dataset folder {root / task_name} not found (nor {root}){hint}")
@@ -225,13 +227,18 @@ def _tokenize_cached(raw, keys, tokenizer, max_length, cache_dir, task_name) -> 
     if cache_dir is None:
         return _tokenize(raw, keys, tokenizer, max_length, task_name)
     target = _cache_folder(cache_dir, task_name, raw, keys, tokenizer, max_length)
-    if _is_saved_dict(target):
+    if _is_saved_dict(target) and manifest_holds(target):
         logger.info("reusing tokenised %s from %s", task_name, target)
     else:
-        with atomic_folder(target, keep_existing=True) as tmp:  # a concurrent writer's copy is kept
+        if target.exists():
+            logger.warning("tokenised %s in %s is damaged or incomplete: rebuilding it", task_name, target)
+        # a concurrent writer's copy is kept, a damaged one replaced
+        with atomic_folder(target, keep_existing=not target.exists()) as tmp:
             _tokenize(raw, keys, tokenizer, max_length, task_name).save_to_disk(str(tmp))
+            write_manifest(tmp)
         logger.info("tokenised %s cached at %s", task_name, target)
-    return datasets.load_from_disk(str(target))  # memory-mapped, identical on first and later loads
+    with reading(target, "tokenised-data cache"):
+        return datasets.load_from_disk(str(target))  # memory-mapped, identical on first and later loads
 
 
 def load_text_task(

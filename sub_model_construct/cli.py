@@ -26,14 +26,36 @@ def str2bool(value: str) -> bool:
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Call `main`; turn a UsageError (and the ValueError subclasses our modules raise for bad input) into one line
-    on stderr and exit status 2."""
+    """Call `main` with SIGINT/SIGTERM turned into clean stops; bad input (a UsageError), a stop and a file that
+    cannot be written become one `error:` line on stderr: exit status 2, 128 + the signal, 1."""
+    from .signals import Interrupted, stopping_on_signals
+
     try:
-        code = main()
+        with stopping_on_signals():
+            code = main()
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _one_line(exc)
         sys.exit(2)
+    except Interrupted as exc:
+        _one_line(exc)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # e.g. the disk filled up while writing a checkpoint
+        _one_line(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        sys.exit(1)
     sys.exit(code or 0)
+
+
+def _one_line(message) -> None:
+    """`error: <message>` on a line of its own: progress bars a stop left open are closed (cleared) first."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except ImportError:
+        pass
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr, flush=True)
 
 
 def setup_logging(is_main: bool = True) -> None:

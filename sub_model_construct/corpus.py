@@ -20,6 +20,7 @@ import torch
 import datasets
 
 from .io import atomic_folder
+from .reads import manifest_holds, reading, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,11 @@ def text_blocks(
         f"{corpus._fingerprint}-{tokenizer.name_or_path}-{len(tokenizer)}-{block_size}-{truncate_at}-{map_batch_size}".encode()
     ).hexdigest()[:16]
     target = Path(cache_dir) / f"blocks-{key}" if cache_dir else None
-    if target is not None and (target / "dataset_info.json").exists():
-        return datasets.load_from_disk(str(target))
+    if target is not None and (target / "dataset_info.json").exists() and manifest_holds(target):
+        with reading(target, "corpus-block cache"):
+            return datasets.load_from_disk(str(target))
+    if target is not None and target.exists():
+        logger.warning("corpus blocks in %s are damaged or incomplete: rebuilding them", target)
     blocks = corpus.map(
         _blockify_batch,
         batched=True,
@@ -151,9 +155,11 @@ def text_blocks(
         desc="tokenising corpus into blocks",
     )
     if target is not None:
-        with atomic_folder(target, keep_existing=True) as tmp:
+        with atomic_folder(target, keep_existing=not target.exists()) as tmp:  # a damaged copy is replaced
             blocks.save_to_disk(str(tmp))
-        blocks = datasets.load_from_disk(str(target))
+            write_manifest(tmp)
+        with reading(target, "corpus-block cache"):
+            blocks = datasets.load_from_disk(str(target))
     return blocks
 
 

@@ -23,10 +23,11 @@ import sys
 
 import torch
 
-from sub_model_construct import distillation
+from sub_model_construct import distillation, io, reads
 from sub_model_construct import settings as settings_lib
 from sub_model_construct.cli import FETCH_HINT, UsageError, run_cli, setup_logging
 from sub_model_construct.settings import DISTILL_DEFAULTS, DistillSettings
+from sub_model_construct.signals import Interrupted
 
 logger = logging.getLogger("distill")
 
@@ -47,20 +48,56 @@ def check_inputs(s: DistillSettings) -> None:
         raise UsageError(f"model checkpoint {s.model_checkpoint} {what}; {FETCH_HINT}")
 
 
-def main(argv: list[str] | None = None, modality: str = "text") -> int:
+def check_outputs(s: DistillSettings, plan: distillation.Plan, out) -> io.RunLock | None:
+    """The folders this run writes can be written (room for a few copies of the weights), and the distilled one
+    is not in use by another run: its lock, taken by the main process when writing starts."""
+    needed = 3 * os.path.getsize(reads.weights_file(s.model_checkpoint))
+    if not (plan.sub_dir / "model.safetensors").is_file():
+        io.check_writable(plan.sub_dir, "sub-FM folder", needed)
+    if out is None:
+        return None
+    io.check_writable(out, "output folder", needed)
+    lock = io.RunLock(out)
+    lock.check()
+    return lock
+
+
+def check_flags(argv: list[str] | None, modality: str) -> tuple[DistillSettings, distillation.Plan]:
+    """Every check of the flags that needs no more than the FM's config.json: ranges, combinations and the limits
+    of the FM (what a refused command line is refused by before anything is loaded or written)."""
     namespace = build_parser(modality).parse_args(argv)
     s = settings_lib.from_namespace(DistillSettings, namespace, DISTILL_DEFAULTS[modality])
     check_inputs(s)
-    from accelerate import Accelerator
+    return s, distillation.plan(s, modality)
 
-    accelerator = Accelerator(cpu=s.cpu or not torch.cuda.is_available(), mixed_precision="bf16" if s.bf16 else "no")
-    setup_logging(accelerator.is_main_process)
-    torch.manual_seed(s.seed)  # image crops and flips draw from torch's global RNG
-    plan = distillation.plan(s, modality)
+
+def main(argv: list[str] | None = None, modality: str = "text") -> int:
+    s, plan = check_flags(argv, modality)
     corpus = out = None
     if s.distill:  # refused before anything is written: the corpus and the output folder
         corpus = distillation.load_corpus(s, modality, plan.config)
         out = distillation.output_folder(s, plan, corpus.tag)
+        distillation.check_resumable(s, out)
+    lock = check_outputs(s, plan, out)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=s.cpu or not torch.cuda.is_available(), mixed_precision="bf16" if s.bf16 else "no")
+    setup_logging(accelerator.is_main_process)
+    if lock is not None and accelerator.is_main_process:
+        lock.acquire()
+    try:
+        return distil_steps(s, modality, plan, corpus, out, accelerator)
+    except Interrupted as stop:
+        last = io.latest_checkpoint(out, distillation.CHECKPOINT_PREFIX, distillation.STATE_FILE) if out else None
+        detail = f"during distillation; last checkpoint: {last or 'none yet'}"
+        raise stop.saying(f"{detail}; continue with --resume_from_checkpoint True") from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def distil_steps(s: DistillSettings, modality: str, plan, corpus, out, accelerator) -> int:
+    torch.manual_seed(s.seed)  # image crops and flips draw from torch's global RNG
     fm, sub, fm_params, sub_params = distillation.build(s, plan, accelerator)
     if not s.distill:
         return 0

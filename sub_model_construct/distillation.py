@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from . import corpus as corpus_lib
-from . import io
+from . import io, reads
 from .cli import UsageError
 from .distill_model import LayerKD, distillation_parameters, normalised_mse, prepare_for_distillation
-from .families import UnsupportedModelError, backbone, family_of
+from .families import UnsupportedModelError, backbone, family_of, max_tokens
 from .settings import DistillSettings, as_flags
 from .sub_model import (
     SubModelError,
@@ -58,15 +58,22 @@ class Corpus:
     image_size: int | None = None
 
 
-def plan(s: DistillSettings, modality: str) -> Plan:
-    from transformers import AutoConfig
+def check_model_limits(s: DistillSettings, modality: str, config) -> None:
+    """Ranges that depend on the FM: text blocks its position embeddings cover, crops of at least one patch."""
+    if modality == "text" and s.distill and s.block_size > max_tokens(config):
+        raise UsageError(f"--block_size must be at most {max_tokens(config)} for this FM, got {s.block_size}")
+    if modality == "image" and s.image_size is not None and s.image_size < config.patch_size:
+        raise UsageError(f"--image_size must be at least the FM's patch size {config.patch_size}, got {s.image_size}")
 
-    config = AutoConfig.from_pretrained(s.model_checkpoint)
+
+def plan(s: DistillSettings, modality: str) -> Plan:
+    config = reads.config(s.model_checkpoint)
     try:
         family = family_of(config)
         if family.modality != modality:
             script = "distill_vit.py" if family.modality == "image" else "distill.py"
             raise UsageError(f"{s.model_checkpoint} is a {family.name} ({family.modality}) model: use {script}")
+        check_model_limits(s, modality, config)
         qk_rank = config.hidden_size if s.qk_rank is None else s.qk_rank
         if s.emulator_layers:
             uniform_drop_plan(config.num_hidden_layers, *s.adapter_layers, s.emulator_layers)
@@ -93,10 +100,10 @@ def load_corpus(s: DistillSettings, modality: str, config) -> Corpus:
 
             paths = [s.dataset1_path or None, s.dataset2_path or None]
             raw = corpus_lib.load_text_corpora(paths, [s.dataset1_config, s.dataset2_config])
-            return Corpus(raw, corpus_lib.corpus_name(paths), AutoTokenizer.from_pretrained(s.model_checkpoint))
+            return Corpus(raw, corpus_lib.corpus_name(paths), reads.preprocessor(AutoTokenizer, s.model_checkpoint))
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(s.model_checkpoint)
+        processor = reads.preprocessor(AutoImageProcessor, s.model_checkpoint)
         size = s.image_size or config.image_size
         transform = corpus_lib.fm_image_transform(processor, config, size, train=True)
         images = corpus_lib.load_image_corpus(s.distill_dataset_path, transform)
@@ -128,7 +135,7 @@ def build(s: DistillSettings, plan_: Plan, accelerator):
     when it exists (as the reference does)."""
     from transformers import AutoModel
 
-    fm = AutoModel.from_pretrained(s.model_checkpoint)
+    fm = reads.pretrained(AutoModel, s.model_checkpoint, allow_missing=("pooler.",))
     fm_params = encoder_layer_parameters(fm)
     if (plan_.sub_dir / "model.safetensors").is_file():
         logger.info("reusing sub-FM %s", plan_.sub_dir)
@@ -180,18 +187,39 @@ def split_corpus(s: DistillSettings, modality: str, corpus: Corpus, config, acce
     return heldout, data, collate
 
 
+def resume_checkpoint(s: DistillSettings, out: Path) -> Path:
+    """The checkpoint --resume_from_checkpoint names (the latest one for True)."""
+    ckpt = (
+        io.latest_checkpoint(out, CHECKPOINT_PREFIX, STATE_FILE) if s.resume_latest else Path(s.resume_from_checkpoint)
+    )
+    if ckpt is None or not (ckpt / STATE_FILE).is_file():
+        raise UsageError(f"no checkpoint to resume from in {out}")
+    return ckpt
+
+
+def read_checkpoint(ckpt: Path):
+    """(sub-FM, training state) of a checkpoint folder, or one line naming the file that cannot be read."""
+    sub = load_sub_model(ckpt)
+    with reads.reading(ckpt / STATE_FILE, "training state"):
+        state = io.load_state(ckpt, STATE_FILE)
+        for key in ("step", "optimizer", "scheduler", "torch_rng"):
+            state[key]  # noqa: B018 - a state without them is damaged
+    return sub, state
+
+
+def check_resumable(s: DistillSettings, out: Path) -> None:
+    """Read the checkpoint a resume will start from, before anything is written (the random draws of rebuilding
+    the sub-FM are undone: the resume itself restores the RNG after building)."""
+    if s.resuming:
+        with torch.random.fork_rng(devices=[]):
+            read_checkpoint(resume_checkpoint(s, out))
+
+
 def resume_point(s: DistillSettings, out: Path, accelerator):
     """(sub-FM from the checkpoint or None, its training state or None); a fresh run clears `out`."""
     if s.resuming:
-        ckpt = (
-            io.latest_checkpoint(out, CHECKPOINT_PREFIX, STATE_FILE)
-            if s.resume_latest
-            else Path(s.resume_from_checkpoint)
-        )
-        if ckpt is None or not (ckpt / STATE_FILE).is_file():
-            raise UsageError(f"no checkpoint to resume from in {out}")
-        sub = load_sub_model(ckpt)  # rebuilding it draws random initial weights: restore the RNG afterwards
-        state = io.load_state(ckpt, STATE_FILE)
+        ckpt = resume_checkpoint(s, out)
+        sub, state = read_checkpoint(ckpt)  # rebuilding it draws random initial weights: restore the RNG afterwards
         torch.set_rng_state(state["torch_rng"])
         logger.info("resuming from %s (step %d)", ckpt, state["step"])
         return sub, state
@@ -267,7 +295,8 @@ def distil(s: DistillSettings, kd: LayerKD, named, data, collate, out: Path, res
             start_step=resume_state["step"] if resume_state else 0, resume_state=resume_state, desc="distill",
         )  # fmt: skip
     except NonFiniteLossError as exc:
-        raise UsageError(f"{exc}; last good checkpoint kept in {out}") from exc
+        last = io.latest_checkpoint(out, CHECKPOINT_PREFIX, STATE_FILE)
+        raise UsageError(f"{exc}; last good checkpoint: {last or 'none written yet'}") from exc
     return {**result, "total_steps": total, "effective_batch_size": effective}
 
 

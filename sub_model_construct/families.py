@@ -26,6 +26,7 @@ class Family:
     ffn_dropout: str  # dropout applied to the FFN output, relative to a layer (ViT shares it with attention)
     # spec §3.2: substrings that keep a compressed layer's parameter out of the distillation trainable set
     frozen_in_distillation: tuple[str, ...] = ("attention",)
+    positions_after_padding: bool = False  # position ids start after the padding index (RoBERTa, MPNet)
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}"
@@ -45,12 +46,16 @@ _BERT = Family(
 
 FAMILIES: dict[str, Family] = {
     "bert": _BERT,
-    "roberta": replace(_BERT, name="roberta"),  # same module names; the head differs but is also `classifier`
+    # same module names; the head differs but is also `classifier`
+    "roberta": replace(_BERT, name="roberta", positions_after_padding=True),
     # MPNet: BERT's FFN and head names, its own attention names. Its one relative position bias table
     # (`encoder.relative_attention_bias`) sits on the encoder, outside every layer: it is copied whole into a sub-FM
     # or emulator, never compressed, and not counted in the encoder-layer parameters.
     "mpnet": replace(
-        _BERT, name="mpnet", attention=("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o")
+        _BERT,
+        name="mpnet",
+        attention=("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o"),
+        positions_after_padding=True,
     ),
     "vit": Family(
         name="vit",
@@ -79,6 +84,14 @@ def family_of(config_or_type) -> Family:
             f"model_type {model_type!r} is not supported; supported families: {', '.join(sorted(FAMILIES))}"
         )
     return FAMILIES[model_type]
+
+
+def max_tokens(config) -> int:
+    """The longest token sequence a text model's position embeddings cover."""
+    positions = config.max_position_embeddings
+    if family_of(config).positions_after_padding:
+        return positions - (config.pad_token_id or 0) - 1
+    return positions
 
 
 def backbone(model: nn.Module) -> nn.Module:

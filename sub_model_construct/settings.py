@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import MISSING, dataclass, field
 
 from .cli import UsageError, str2bool
@@ -18,7 +19,9 @@ from .cli import UsageError, str2bool
 
 @dataclass(frozen=True)
 class Range:
-    """Allowed values of a number: low/high bounds (None = unbounded), each inclusive unless marked open."""
+    """Allowed values of a number: low/high bounds (None = unbounded), each inclusive unless marked open. A number
+    outside every range is NaN or infinite: those are never allowed. For a list-valued flag the range holds for each
+    element."""
 
     low: float | None = None
     high: float | None = None
@@ -26,6 +29,8 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -40,6 +45,23 @@ POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 SHARE = Range(0, 1, high_open=True)  # a share that must leave something: [0, 1)
+PROBABILITY = Range(0, 1)
+SEED = Range(0, 2**32 - 1)  # numpy's RandomState and datasets' shuffles take 32-bit seeds
+EPOCHS = Range(0, 1000, low_open=True)  # passes over the data; the bound keeps step counts finite
+# a share of the steps (< 1) or a step count (>= 1); the bound keeps it a countable number of steps
+STEPS_OR_SHARE = Range(0, 10**12)
+TOKENS = Range(1, 1_000_000)  # a truncation length the tokenizers accept
+IMAGE_SIZE = Range(1, 4096)  # pixels per side
+# transformers schedules that need nothing beyond warm-up and total steps
+SCHEDULES = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 
 
 SPEC = ("valid", "choices", "nargs", "parse", "metavar", "flag", "modality", "command_line")
@@ -58,7 +80,7 @@ def option(default=MISSING, help: str = "", **spec):
 
 def adapter_layers_option(help: str):
     """--adapter_layers BOTTOM TOP of FedOT's emulator (both command lines)."""
-    return option((1, 1), help, nargs=2, metavar=("BOTTOM", "TOP"))
+    return option((1, 1), help, nargs=2, metavar=("BOTTOM", "TOP"), valid=NON_NEGATIVE)
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -70,7 +92,7 @@ def group(cls) -> dataclasses.Field:
     return field(default_factory=cls, metadata={"group": True, "cls": cls})
 
 
-def _parser_type(f: dataclasses.Field):
+def _converter(f: dataclasses.Field):
     if f.metadata.get("parse"):
         return f.metadata["parse"]
     default = f.default
@@ -81,6 +103,45 @@ def _parser_type(f: dataclasses.Field):
     if default is None or default is MISSING:
         return str
     return type(default)
+
+
+KINDS = {int: "an integer", float: "a number"}
+
+
+def _parser_type(f: dataclasses.Field):
+    """The flag's converter; a word it cannot convert is reported with the flag's kind and range."""
+    convert = _converter(f)
+    kind = KINDS.get(convert)
+    if kind is None:
+        return convert
+    valid = f.metadata.get("valid")
+    expected = f"{kind} {valid}" if valid is not None else kind
+
+    def parse(text: str):
+        try:
+            return convert(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def help_text(f: dataclasses.Field) -> str | None:
+    """The field's help with its valid range (what --help shows and the README table lists)."""
+    m = f.metadata
+    text = m.get("help") or ""
+    if m.get("valid") is not None:
+        each = "each " if m.get("nargs") is not None else ""
+        text = f"{text} [{each}{m['valid']}]" if text else f"[{each}{m['valid']}]"
+    return (text or None) and text.replace("%", "%%")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one `error:` line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, modality: str | None, defaults: dict | None = None) -> None:
@@ -97,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, modality: str | None, de
         if not m.get("command_line", True) or (m.get("modality") and m["modality"] != modality):
             continue
         name = flag_name(f)
-        kwargs = dict(type=_parser_type(f), help=m.get("help") or None)
+        kwargs = dict(type=_parser_type(f), help=help_text(f))
         if f.default is MISSING:
             kwargs["required"] = True
         else:
@@ -130,13 +191,22 @@ def from_namespace(cls, namespace: argparse.Namespace, defaults: dict | None = N
     return settings
 
 
+def out_of_range(value, valid: Range) -> bool:
+    """A value (or, for a list-valued flag, any of its elements) outside `valid`; None means "not given"."""
+    if value is None:
+        return False
+    return any(v not in valid for v in value) if isinstance(value, tuple) else value not in valid
+
+
 def check(settings) -> None:
     """Every field with a range holds a value inside it (None means "not given" and passes)."""
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         valid = f.metadata.get("valid")
-        if valid is not None and value is not None and value not in valid:
-            raise UsageError(f"--{flag_name(f)} must be {valid}, got {value}")
+        if valid is not None and out_of_range(value, valid):
+            shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+            each = "each value of " if isinstance(value, tuple) else ""
+            raise UsageError(f"{each}--{flag_name(f)} must be {valid}, got {shown}")
 
 
 def as_flags(settings) -> dict:
@@ -152,7 +222,7 @@ def as_flags(settings) -> dict:
 
 
 def build_parser(cls, modality: str | None, description: str, defaults: dict | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser, cls, modality, defaults)
     return parser
 
@@ -163,7 +233,9 @@ class DistillSettings:
     """Construct a sub-FM and distil it from its FM (spec §2-§3)"""
 
     model_checkpoint: str = option(help="FM folder (transformers format)")
-    layers_retained: tuple[int, ...] = option((), "layers whose FFN stays whole (paper: 0 11)", parse=int, nargs="*")
+    layers_retained: tuple[int, ...] = option(
+        (), "layers whose FFN stays whole (paper: 0 11)", parse=int, nargs="*", valid=NON_NEGATIVE
+    )
     emulator_layers: int = option(
         0,
         "FedOT instead of FedPFT: keep this many middle layers by uniform layer drop (0 = FFN compression)",
@@ -172,8 +244,12 @@ class DistillSettings:
     adapter_layers: tuple[int, int] = adapter_layers_option(
         "with --emulator_layers: bottom/top layers kept whole as the offsite-tuning adapters"
     )
-    intermediate_rank: int = option(1024, "FFN neurons kept per compressed layer, D' (paper: 768)")
-    qk_rank: int | None = option(None, "must equal the hidden size: attention is not compressed (spec §2.4)", parse=int)
+    intermediate_rank: int = option(
+        1024, "FFN neurons kept per compressed layer, D' (paper: 768; at most the FFN width)", valid=AT_LEAST_ONE
+    )
+    qk_rank: int | None = option(
+        None, "must equal the hidden size: attention is not compressed (spec §2.4)", parse=int, valid=AT_LEAST_ONE
+    )
     distill: bool = option(False, "run layer-level distillation after construction")
     split_distill: bool = option(False, "accepted for compatibility; no effect (spec §6.2)")
     sub_model_dir: str = option("./sub_model", "where sub-FM folders are written")
@@ -183,17 +259,26 @@ class DistillSettings:
         "../datasets/IMAGENET", "image corpus (HF image folder or ImageFolder)", modality="image"
     )
     image_size: int | None = option(
-        None, "crop size (default: the FM config's image_size)", parse=int, valid=AT_LEAST_ONE, modality="image"
+        None,
+        "crop size (default: the FM config's image_size; at least its patch size)",
+        parse=int,
+        valid=IMAGE_SIZE,
+        modality="image",
     )
     dataset1_path: str = option("../datasets/bookcorpus", "first text corpus ('' to skip)", modality="text")
     dataset2_path: str = option("../datasets/wikipedia", "second text corpus ('' to skip)", modality="text")
     dataset1_config: str | None = option(None, "load_dataset config name of the first corpus", modality="text")
     dataset2_config: str = option("20220301.en", "load_dataset config name of the second corpus", modality="text")
-    block_size: int = option(512, "tokens per training block (spec §3.1)", valid=AT_LEAST_ONE, modality="text")
-    max_seq_length: int = option(
-        512, "each corpus example is truncated to this many tokens first", valid=AT_LEAST_ONE, modality="text"
+    block_size: int = option(
+        512,
+        "tokens per training block (spec §3.1; at most the FM's max_position_embeddings)",
+        valid=AT_LEAST_ONE,
+        modality="text",
     )
-    distill_alpha: float = option(1.0, "weight of the FFN weight term (spec §3.3)")
+    max_seq_length: int = option(
+        512, "each corpus example is truncated to this many tokens first", valid=TOKENS, modality="text"
+    )
+    distill_alpha: float = option(1.0, "weight of the FFN weight term (spec §3.3)", valid=NON_NEGATIVE)
     weight_term_grad: bool = option(
         True, "weight term carries gradients (paper intent); False = reference (logged only, spec §6.1)"
     )
@@ -204,20 +289,24 @@ class DistillSettings:
     per_device_eval_batch_size: int = option(32, "held-out evaluation batch", valid=AT_LEAST_ONE)
     gradient_accumulation_steps: int = option(4, "micro-batches per step and process", valid=AT_LEAST_ONE)
     learning_rate: float = option(1e-4, "peak learning rate", valid=POSITIVE)
-    lr_scheduler_type: str = option("cosine", "linear, cosine, constant, ...")
-    warm_up_ratio: float = option(0.06, "warm-up share of the steps", valid=Range(0, 1))
+    lr_scheduler_type: str = option("cosine", "learning-rate schedule over the steps", choices=SCHEDULES)
+    warm_up_ratio: float = option(0.06, "warm-up share of the steps", valid=PROBABILITY)
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)", valid=NON_NEGATIVE)
     max_grad_norm: float = option(1.0, "gradient clipping (0 = none)", valid=NON_NEGATIVE)
-    distill_epoch: float = option(1.0, "epochs over the corpus", valid=POSITIVE)
+    distill_epoch: float = option(1.0, "epochs over the corpus", valid=EPOCHS)
     max_steps: int = option(0, "stop after this many optimiser steps (0 = from epochs)", valid=NON_NEGATIVE)
-    logging_steps: float = option(0.05, "log every N steps, or this fraction of all steps if < 1", valid=NON_NEGATIVE)
-    save_steps: float = option(0.1, "checkpoint every N steps, or this fraction if < 1 (0 = never)", valid=NON_NEGATIVE)
+    logging_steps: float = option(
+        0.05, "log every N steps, or this fraction of all steps if < 1 (0 = never)", valid=STEPS_OR_SHARE
+    )
+    save_steps: float = option(
+        0.1, "checkpoint every N steps, or this fraction if < 1 (0 = never)", valid=STEPS_OR_SHARE
+    )
     resume_from_checkpoint: str | None = option(None, "a checkpoint-<step> folder, or True for the latest")
     eval_blocks: int = option(64, "held-out corpus items for the before/after MSE report", valid=NON_NEGATIVE)
-    seed: int = option(123, "seed of the corpus order, crops and initial draws")
+    seed: int = option(123, "seed of the corpus order, crops and initial draws", valid=SEED)
     bf16: bool = option(False, "bfloat16 autocast (GPU)")
     fp16: bool = option(False, "not supported: use --bf16")
-    num_proc: int | None = option(None, "processes for corpus tokenisation", parse=int, valid=AT_LEAST_ONE)
+    num_proc: int | None = option(None, "processes for corpus tokenisation", parse=int, valid=Range(1, 256))
     cache_dir: str | None = option(None, "cache for tokenised corpus blocks (default: <sub_model_dir>/.cache)")
     cpu: bool = option(False, "force CPU (gloo) even when a GPU is visible")
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from . import reads
 from .families import Family, backbone, encoder_layers, family_of, ffn_linears
 
 logger = logging.getLogger(__name__)
@@ -218,11 +219,14 @@ def load_sub_model(
     weights = path / "model.safetensors"
     if not (path / "config.json").is_file() or not weights.is_file():
         raise SubModelError(f"{path} is not a sub-FM folder (needs config.json and model.safetensors)")
-    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    with reads.reading(path / "config.json", "sub-FM config"):
+        config = AutoConfig.from_pretrained(path, **config_kwargs)
     if not is_sub_model_config(config):
         raise SubModelError(f"{path} is a plain checkpoint, not a sub-FM (its config has no ffn_widths/layer_map)")
     model = sub_model_from_config(config, model_class, source=str(path))
-    load_backbone_state(backbone(model), load_file(str(weights)), source=str(path))
+    with reads.reading(weights, "weights file"):
+        state = load_file(str(weights))
+    load_backbone_state(backbone(model), state, source=str(path))
     if torch_dtype is not None:
         model.to(torch_dtype)
     return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,26 @@ LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops before the weights are touched."""
+    """The loss became NaN or infinite; training stops before the weights are touched. With data-parallel
+    processes every process raises it at the same step (the losses are summed across them first)."""
+
+    def __init__(self, desc: str, value: float, step: int, where: dict | None = None) -> None:
+        self.desc, self.value, self.step, self.where = desc, value, step, dict(where or {})
+        place = "".join(f", {k} {v}" for k, v in self.where.items())
+        super().__init__(f"non-finite loss ({value}) in {desc}{place} at step {step}")
+
+
+# Test hook: FEDPFT_TEST_NONFINITE="stage=<desc>[,step=N][,process=P][,round=R][,client=C]" turns the loss of the
+# matching micro-batches of a training loop into NaN, so that the stop on a non-finite loss can be tested at a
+# chosen place (one process of several, one client of a round). Unset, it changes nothing.
+TEST_HOOK = "FEDPFT_TEST_NONFINITE"
+
+
+def _injects_nonfinite(spec: str | None, desc: str, where: dict) -> bool:
+    if not spec:
+        return False
+    wanted = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    return wanted.pop("stage", None) == desc and all(str(where.get(k)) == v for k, v in wanted.items())
 
 
 @dataclass
@@ -121,13 +141,15 @@ def train(
     progress: bool = True,
     desc: str = "train",
     grad_hook: Callable[[], None] | None = None,
+    where: dict | None = None,
 ) -> dict:
     """Run `total_steps` optimiser steps; return {"steps", "loss" (mean of logged losses), "seconds", "history"}.
 
     `data_parallel`: an Accelerator whose processes share this loop (server-side work); None for a loop that runs
     on one process only (a client). `grad_hook` runs after gradients are complete and before clipping (used by
     neuron-level alignment to zero the gradients of frozen neurons). `on_step(step, optimizer, scheduler)` runs after
-    every step (checkpointing). Raises NonFiniteLossError on a NaN/inf loss, before the update.
+    every step (checkpointing). Raises NonFiniteLossError on a NaN/inf loss, before the update, on every process
+    of a data-parallel loop; `where` (e.g. round and client) goes into its message.
     """
     params = [p for _, p in named_params]
     optimizer = make_optimizer(named_params, optim)
@@ -143,47 +165,57 @@ def train(
     plan = batch_plan(len(dataset), effective_batch_size, seed, start_step)
     history, window, last_loss, started = [], [], float("nan"), time.perf_counter()
     bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not (progress and is_main), leave=False)
-    for step in range(start_step, total_steps):
-        indices = next(plan)
-        micro = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
-        step_loss = torch.zeros((), device=device)
-        parts_sum: dict[str, float] = {}
-        for chunk in micro[rank::world]:
-            loss, parts = loss_fn(to_device(collate(fetch(dataset, chunk)), device))
-            share = len(chunk) / len(indices)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at step {step + 1}")
-            (loss * share).backward()
-            step_loss += loss.detach() * share
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v * share
-        if world > 1 and data_parallel is not None:
-            _all_reduce_grads(params, data_parallel)
-            step_loss = data_parallel.reduce(step_loss, reduction="sum")
-        if grad_hook is not None:
-            grad_hook()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm) if optim.max_grad_norm > 0 else None
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = step_loss.item()
-        window.append(last_loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if log_every and ((step + 1) % log_every == 0 or step + 1 == total_steps):
-            record = {"step": step + 1, "loss": sum(window) / len(window), "learning_rate": lr}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            if world == 1:
-                record.update(parts_sum)
-            history.append(record)
-            window = []
-            if log_fn is not None:
-                log_fn(record)
-        if on_step is not None:
-            on_step(step + 1, optimizer, scheduler)
-    bar.close()
+    hook = os.environ.get(TEST_HOOK)
+    try:
+        for step in range(start_step, total_steps):
+            indices = next(plan)
+            micro = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+            step_loss = torch.zeros((), device=device)
+            parts_sum: dict[str, float] = {}
+            for chunk in micro[rank::world]:
+                loss, parts = loss_fn(to_device(collate(fetch(dataset, chunk)), device))
+                share = len(chunk) / len(indices)
+                if hook and _injects_nonfinite(hook, desc, {**(where or {}), "step": step + 1, "process": rank}):
+                    loss = loss * float("nan")
+                if not torch.isfinite(loss):
+                    if world == 1:
+                        raise NonFiniteLossError(desc, loss.item(), step + 1, where)
+                    step_loss += loss.detach()  # the others learn of it from the summed loss below: no one waits
+                    break
+                (loss * share).backward()
+                step_loss += loss.detach() * share
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v * share
+            if world > 1 and data_parallel is not None:
+                _all_reduce_grads(params, data_parallel)
+                step_loss = data_parallel.reduce(step_loss, reduction="sum")
+                if not torch.isfinite(step_loss):
+                    raise NonFiniteLossError(desc, step_loss.item(), step + 1, where)
+            if grad_hook is not None:
+                grad_hook()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm) if optim.max_grad_norm > 0 else None
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = step_loss.item()
+            window.append(last_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            if log_every and ((step + 1) % log_every == 0 or step + 1 == total_steps):
+                record = {"step": step + 1, "loss": sum(window) / len(window), "learning_rate": lr}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                if world == 1:
+                    record.update(parts_sum)
+                history.append(record)
+                window = []
+                if log_fn is not None:
+                    log_fn(record)
+            if on_step is not None:
+                on_step(step + 1, optimizer, scheduler)
+    finally:
+        bar.close()  # also when stopped: an error line must not share a line with the bar
     losses = [h["loss"] for h in history] or window
     return {
         "steps": total_steps - start_step,

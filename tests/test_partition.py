@@ -117,22 +117,23 @@ def test_cache_round_trip_format_and_validation(tmp_path):
     assert parts == unwritten
     stored = json.loads(cache.read_text())
     assert list(stored) == ["0", "1", "2", "3"] and [stored[k]["data"] for k in stored] == parts
-    assert [p.name for p in cache.parent.iterdir()] == ["data.json"]  # no temp file left behind
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["data.json", "data.json.sha256"]  # no temp file left
 
-    stored["0"]["data"] = list(reversed(stored["0"]["data"]))  # a cached partition is reused as it is
-    cache.write_text(json.dumps(stored))
-    assert load_or_create_partition(str(tmp_path), **args)[0] == stored["0"]["data"]
-
-    stored["0"]["data"] = [10_000]  # indices out of range
-    cache.write_text(json.dumps(stored))
-    with pytest.raises(PartitionError, match="does not fit this task"):
-        load_or_create_partition(str(tmp_path), **args)
-    cache.write_text(json.dumps({"0": {"data": [0]}}))
-    with pytest.raises(PartitionError, match="4 clients"):
-        load_or_create_partition(str(tmp_path), **args)
-    cache.write_text("{not json")
-    with pytest.raises(PartitionError, match="delete it to re-partition"):
-        load_or_create_partition(str(tmp_path), **args)
+    # a cache whose content changed since it was written is never trusted: it is made again
+    altered = {**stored, "0": {"data": list(reversed(stored["0"]["data"]))}}
+    cache.write_text(json.dumps(altered))
+    assert load_or_create_partition(str(tmp_path), **args) == parts
+    assert json.loads(cache.read_text()) == stored
+    for damaged in (json.dumps({**stored, "0": {"data": [10_000]}}), json.dumps({"0": {"data": [0]}}), "{not json"):
+        cache.write_text(damaged)
+        assert load_or_create_partition(str(tmp_path), **args) == parts
+        assert json.loads(cache.read_text()) == stored
+    # a cache written before digests were kept is reused when it fits the task, and gains its digest
+    (cache.parent / "data.json.sha256").unlink()
+    cache.write_text(json.dumps(altered))
+    assert load_or_create_partition(str(tmp_path), **args)[0] == altered["0"]["data"]
+    assert (cache.parent / "data.json.sha256").is_file()
+    assert load_or_create_partition(str(tmp_path), **args)[0] == altered["0"]["data"]
 
 
 def test_errors_are_one_clear_sentence():
