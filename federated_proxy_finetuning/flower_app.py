@@ -184,10 +184,11 @@ class FlowerClients:
             for reply in self.grid.send_and_receive(messages, timeout=self.connect_timeout):
                 if reply.has_error():
                     raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-        # a client given the model now holds the current sub-FM (after a resume: the restored one)
+        # a client given the model now holds the current sub-FM (after a resume: the restored one); a client with a
+        # local copy holds the sub-FM as built (version 0) and is sent every alignment's changes when selected
         sync = self.server.sync
         for client in self.node_of:
-            sync.client_version[client] = sync.version
+            sync.client_version[client] = sync.version if client in need else 0
         return shipped
 
     def _message(self, content: RecordDict, node: int, kind: str, group: str) -> Message:

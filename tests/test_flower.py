@@ -83,10 +83,19 @@ class FakeGrid:
     def create_message(self, content, message_type, dst_node_id, group_id):
         return Message(content, dst_node_id, message_type, group_id=group_id)
 
+    def get_node_ids(self):
+        return list(self.nodes.values())
+
     def send_and_receive(self, messages, timeout=None):
         self.sent.extend(messages)
         out = []
         for m in messages:
+            if m.metadata.message_type == "query":  # first contact: which client, and does it hold the model
+                client = {n: c for c, n in self.nodes.items()}[m.metadata.dst_node_id]
+                local = client not in self.replies
+                reply = ConfigRecord({"partition-id": client, "has-model": local, "installed": True})
+                out.append(Message(RecordDict({"config": reply}), reply_to=m))
+                continue
             client = int(m.content["config"]["client"])
             if client in self.replies:
                 reply = Message(self.replies[client], reply_to=m)
@@ -127,6 +136,20 @@ def test_a_client_that_does_not_reply_is_recorded_as_dropped_and_the_round_goes_
     assert all("sub_fm" not in m.content for m in grid.sent)
 
 
+def test_first_contact_ships_the_model_only_where_needed_and_sets_versions(sub_fm):
+    """After a resume the sync already holds an alignment: a node sent the model now holds the current sub-FM, a
+    node with a local copy holds the sub-FM as built and is charged every change."""
+    server = FakeServer(sub_fm, 3)
+    server.sync.record_alignment({1: torch.tensor([0, 1]), 2: torch.tensor([3])})
+    grid = FakeGrid({0: 10, 1: 11, 2: 12}, {0: _reply(0.5), 2: _reply(0.7)})  # client 1 has a local copy
+    remote = flower_app.FlowerClients(grid, server, round_timeout=1.0, connect_timeout=5.0)
+    shipped = remote.connect()
+    assert remote.node_of == {0: 10, 1: 11, 2: 12}
+    assert shipped["clients_installed"] == [0, 2] and shipped["install_bytes_on_wire"] > 0
+    assert server.sync.client_version == [1, 0, 1]
+    assert server.sync.changes_for(1) and not server.sync.changes_for(0)
+
+
 def test_no_reply_at_all_stops_the_round(sub_fm):
     server = FakeServer(sub_fm, 3)
     remote = flower_app.FlowerClients(FakeGrid({}, {}), server, round_timeout=1.0, connect_timeout=1.0)
@@ -165,39 +188,50 @@ def _metrics(root: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_local_deployment_gives_the_simulations_numbers(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny FedPFT (2 clients, 3 rounds, an alignment in round 2) run once by fedtune.py: the reference numbers."""
     from scripts.equality_check import build_assets, task_flags
 
-    build_assets(tmp_path)
+    root = tmp_path_factory.mktemp("flower")
+    build_assets(root)
     flags = [
-        *task_flags(tmp_path, image=False),
+        *task_flags(root, image=False),
         *"--num_clients 2 --proportion 1.0 --num_rounds 3 --learning_rate 5e-3 --per_device_train_batch_size 4".split(),
         *"--gradient_accumulation_steps 2 --lora_rank 4 --per_device_eval_batch_size 8 --align_batch_size 4".split(),
         *"--align_epochs 0.5 --align_grad_accum_start 2 --align_grad_accum_min 1 --seed 7".split(),
-        *("--method", "pft", "--align_interval", "2", "--sub_model_checkpoint", str(tmp_path / "text-sub")),
-        *("--task_root", str(tmp_path / "task"), "--cache_dir", str(tmp_path / "cache")),
+        *("--method", "pft", "--align_interval", "2", "--sub_model_checkpoint", str(root / "text-sub")),
+        *("--task_root", str(root / "task"), "--cache_dir", str(root / "cache")),
     ]
     env = tiny.subprocess_env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     fedtune = ROOT / "federated_proxy_finetuning" / "fedtune.py"
     sim = subprocess.run(
-        [sys.executable, str(fedtune), *flags, "--output_root", str(tmp_path / "sim")],
+        [sys.executable, str(fedtune), *flags, "--output_root", str(root / "sim")],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert sim.returncode == 0, sim.stderr[-2000:]
-    env.update(PY=sys.executable, FLOWER_WORK=str(tmp_path / "flower"))
-    command = ["bash", str(ROOT / "scripts" / "flower_local.sh"), "--supernodes", "2"]
-    command += ["--base-port", str(_free_port_block()), "--", *flags, "--output_root", str(tmp_path / "dep")]
-    dep = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "flower").glob("*.log"))
-    assert dep.returncode == 0, dep.stdout[-2000:] + dep.stderr[-2000:] + logs
-    assert "finished:completed" in dep.stdout
+    return root, flags, env, _metrics(root / "sim")
 
-    simulated, deployed = _metrics(tmp_path / "sim"), _metrics(tmp_path / "dep")
-    assert [r["round"] for r in deployed] == [0, 1, 2, 3]
-    assert [r["aligned"] for r in deployed] == [False, False, True, False]
-    for a, b in zip(simulated, deployed):
+
+def _flower(tiny_run, engine: str, out: str) -> list[dict]:
+    root, flags, env, _ = tiny_run
+    env = {**env, "PY": sys.executable, "FLOWER_WORK": str(root / f"flower-{engine}")}
+    command = ["bash", str(ROOT / "scripts" / "flower_local.sh"), "--supernodes", "2", "--engine", engine]
+    command += ["--base-port", str(_free_port_block()), "--", *flags, "--output_root", str(root / out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    logs = "".join(p.read_text()[-1500:] for p in (root / f"flower-{engine}").glob("*.log"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs
+    assert "finished:completed" in done.stdout
+    (summary,) = (root / out).glob("*/*/*/summary.json")
+    assert json.loads(summary.read_text())["flower"]["clients_installed"] == [0, 1]
+    return _metrics(root / out)
+
+
+def _same_numbers(simulated: list[dict], flower: list[dict]) -> None:
+    assert [r["round"] for r in flower] == [0, 1, 2, 3]
+    assert [r["aligned"] for r in flower] == [False, False, True, False]
+    for a, b in zip(simulated, flower):
         assert a["fm"]["eval_accuracy"] == b["fm"]["eval_accuracy"]
         assert a["fm"]["eval_loss"] == pytest.approx(b["fm"]["eval_loss"], rel=1e-5)
         if a["round"]:
@@ -205,6 +239,16 @@ def test_local_deployment_gives_the_simulations_numbers(tmp_path):
             assert (a["bytes_sent"], a["bytes_received"]) == (b["bytes_sent"], b["bytes_received"])
             assert b["dropped_clients"] == [] and b["wire_bytes_sent"] > 0 and b["wire_bytes_received"] > 0
     # round 3 carries the alignment's sub-FM changes to both clients
-    assert deployed[3]["bytes_sent"] > deployed[1]["bytes_sent"]
-    (summary,) = (tmp_path / "dep").glob("*/*/*/summary.json")
-    assert json.loads(summary.read_text())["flower"]["clients_installed"] == [0, 1]
+    assert flower[3]["bytes_sent"] > flower[1]["bytes_sent"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_local_deployment_gives_the_simulations_numbers(tiny_run):
+    """A SuperLink and 2 SuperNodes as separate processes."""
+    _same_numbers(tiny_run[3], _flower(tiny_run, "deployment", "dep"))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_flowers_simulation_engine_gives_the_same_numbers(tiny_run):
+    """The same app on Flower's simulation engine (Ray, 2 virtual SuperNodes)."""
+    _same_numbers(tiny_run[3], _flower(tiny_run, "simulation", "simeng"))
