@@ -164,26 +164,48 @@ class FlowerClients:
             asked.update(new)
             hello = [self._message(RecordDict({"config": ConfigRecord({"action": HELLO})}), n, "query", "0")
                      for n in new]  # fmt: skip
+            answered = set()
             for reply in self.grid.send_and_receive(hello, timeout=self.connect_timeout):
-                if reply.has_error():
-                    raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-                config = reply.content["config"]
+                if reply.has_error():  # e.g. a SuperNode too slow to report its heartbeat: asked again
+                    logger.warning(
+                        "no first contact with node %s yet: %s", reply.metadata.src_node_id, reply.error.reason
+                    )
+                    continue
+                node, config = reply.metadata.src_node_id, reply.content["config"]
                 client = int(config["partition-id"])
                 if not 0 <= client < num_clients:
                     raise ValueError(f"a SuperNode holds partition-id {client}; this run has {num_clients} clients")
-                if client in self.node_of:
-                    raise ValueError(f"two SuperNodes hold partition-id {client}")
-                self.node_of[client] = reply.metadata.src_node_id
+                if client in self.node_of and self.node_of[client] != node:
+                    logger.warning("partition-id %d answered by node %s, earlier by %s: using %s (a SuperNode "
+                                   "that registered again)", client, node, self.node_of[client], node)  # fmt: skip
+                self.node_of[client] = node
                 holds_model[client] = bool(config["has-model"])
+                answered.add(node)
+            if set(new) - answered:
+                asked -= set(new) - answered
+                time.sleep(2.0)
         need = [c for c in sorted(self.node_of) if not holds_model[c]]
         shipped = {"clients_installed": need, "install_bytes_on_wire": 0}
-        if need:
-            payload = client_model_payload(self.server.f.client_model)
-            messages = [self._message(payload, self.node_of[c], "query", "0") for c in need]
-            shipped["install_bytes_on_wire"] = sum(wire_bytes(m) for m in messages)
+        pending, payload = list(need), client_model_payload(self.server.f.client_model) if need else None
+        for attempt in range(3):  # every shipment counts on the wire, a repeated one too
+            if not pending:
+                break
+            messages = [self._message(payload, self.node_of[c], "query", "0") for c in pending]
+            shipped["install_bytes_on_wire"] += sum(wire_bytes(m) for m in messages)
+            client_of = {self.node_of[c]: c for c in pending}
+            errors = {}
             for reply in self.grid.send_and_receive(messages, timeout=self.connect_timeout):
+                client = client_of.get(reply.metadata.src_node_id)
                 if reply.has_error():
-                    raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                    errors[client] = reply.error.reason
+                elif client is not None:
+                    pending.remove(client)
+            if pending:
+                logger.warning(
+                    "client model not installed on clients %s (%s); attempt %d of 3", pending, errors, attempt + 1
+                )
+        if pending:
+            raise RuntimeError(f"the client model could not be installed on clients {pending}")
         # a client given the model now holds the current sub-FM (after a resume: the restored one); a client with a
         # local copy holds the sub-FM as built (version 0) and is sent every alignment's changes when selected
         sync = self.server.sync
@@ -192,7 +214,7 @@ class FlowerClients:
         return shipped
 
     def _message(self, content: RecordDict, node: int, kind: str, group: str) -> Message:
-        return self.grid.create_message(content, kind, node, group)
+        return Message(content, node, kind, group_id=group)
 
     # -------------------------------------------------------------- a round
     def train(self, r: int, lr: float, clients: Sequence[int], server, collect: bool) -> list[ClientUpdate]:

@@ -108,12 +108,29 @@ else
 fi
 
 started=$(date +%s)
-"$BIN/flwr" run "$root/scripts/flower_app" fedpft-local --run-config "$work/run.toml" --stream 2>&1 \
-    | tee "$work/run.log"
-status=$("$BIN/flwr" ls fedpft-local --format json 2>/dev/null | "$PY" -c '
+# in the background and waited for, so that a signal to this script stops everything at once (bash runs its traps
+# only after a foreground command returns)
+"$BIN/flwr" run "$root/scripts/flower_app" fedpft-local --run-config "$work/run.toml" --stream \
+    >"$work/run.log" 2>&1 &
+pids+=($!)
+tail -f "$work/run.log" --pid "$!" &
+wait "${pids[-1]}" || true
+run_status() {  # the status of the newest run on this SuperLink (e.g. running, finished:completed)
+    "$BIN/flwr" ls fedpft-local --format json 2>/dev/null | "$PY" -c '
 import json, sys
 runs = json.load(sys.stdin).get("runs", [])
-print(runs[-1]["status"] if runs else "unknown")' || echo unknown)
+print(runs[-1]["status"] if runs else "unknown")' || echo unknown
+}
+# the log stream can end before the run does (e.g. on a busy machine): wait for the run itself
+status=$(run_status) unknown=0
+while [ "${status%%:*}" != finished ]; do
+    sleep 5
+    status=$(run_status)
+    if [ "$status" = unknown ]; then unknown=$((unknown + 1)); else unknown=0; fi
+    if ! kill -0 "${pids[0]}" 2>/dev/null || [ "$unknown" -ge 12 ]; then
+        status="no longer known: the SuperLink stopped or does not answer ($status)"; break
+    fi
+done
 echo "Flower run: $status after $(($(date +%s) - started)) s"
 case "$status" in
     *completed*) [ -n "${FLOWER_WORK:-}" ] || rm -rf "$work" ;;
