@@ -73,6 +73,10 @@ EOF
 pids=()
 stop_all() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # the ServerApp and SuperExec processes Flower starts detached, found by the API address they were given
+    for ((port = base_port; port < base_port + 10 + supernodes; port++)); do
+        pkill -f -- "--runtime-api-address 127.0.0.1:$port( |$)" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
 }
 trap stop_all EXIT
