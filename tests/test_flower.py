@@ -191,16 +191,16 @@ def _metrics(root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny FedPFT (2 clients, 3 rounds, an alignment in round 2) run once by fedtune.py: the reference numbers."""
-    from scripts.equality_check import build_assets, task_flags
+    from scripts.equality_check import COMMON, PFT, build_assets, task_flags
 
     root = tmp_path_factory.mktemp("flower")
     build_assets(root)
     flags = [
         *task_flags(root, image=False),
-        *"--num_clients 2 --proportion 1.0 --num_rounds 3 --learning_rate 5e-3 --per_device_train_batch_size 4".split(),
-        *"--gradient_accumulation_steps 2 --lora_rank 4 --per_device_eval_batch_size 8 --align_batch_size 4".split(),
-        *"--align_epochs 0.5 --align_grad_accum_start 2 --align_grad_accum_min 1 --seed 7".split(),
-        *("--method", "pft", "--align_interval", "2", "--sub_model_checkpoint", str(root / "text-sub")),
+        *COMMON,  # the equality check's tiny settings, with one client per SuperNode (the last flag given wins)
+        *("--num_clients", "2", "--proportion", "1.0"),
+        *PFT,
+        *("--sub_model_checkpoint", str(root / "text-sub")),
         *("--task_root", str(root / "task"), "--cache_dir", str(root / "cache")),
     ]
     env = tiny.subprocess_env()
