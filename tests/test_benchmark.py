@@ -1,0 +1,55 @@
+"""scripts/benchmark.py: its FLOP arithmetic, its report and a run on a tiny config (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts import benchmark
+
+
+def test_flop_ratio_of_the_paper_shape():
+    r = benchmark.flop_ratios(layers=12, hidden=768, ffn=3072, rank=768, kept=2, seq=128, emulator_layers=7)
+    attention = 4 * 768**2 + 2 * 128 * 768
+    full = 12 * (attention + 2 * 768 * 3072)
+    assert r["sub"] == pytest.approx((12 * attention + 2 * 2 * 768 * 3072 + 10 * 2 * 768 * 768) / full)
+    assert round(r["sub"], 3) == 0.595
+    assert r["emulator"] == pytest.approx(7 / 12) and r["fm"] == 1.0
+    assert benchmark.ffn_flops_ratio(12, 768, 3072, 768, 2, 128) == r["sub"]
+
+
+def test_spread_and_bad_flags(capsys):
+    assert {k: v for k, v in benchmark.spread([3.0, 1.0, 2.0]).items() if k != "all"} == {
+        "min": 1.0, "median": 2.0, "max": 3.0, "n": 3,
+    }  # fmt: skip
+    for argv in (["--repeats", "0"], ["--intermediate_rank", "4000"], ["--layers", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            benchmark.parse_args(argv)
+        assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = "--layers 3 --hidden 32 --ffn 64 --heads 2 --intermediate_rank 16 --batch 2 --seq 8 --repeats 2"
+    assert benchmark.main([*argv.split(), "--weights", "random", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (setting,) = result["settings"]
+    models = setting["models"]
+    assert list(models) == ["fm", "sub", "emulator"]
+    assert models["sub"]["encoder_layer_parameters"] < models["fm"]["encoder_layer_parameters"]
+    for row in models.values():
+        assert row["train_step_seconds"]["n"] == 2
+        assert (
+            row["train_step_seconds"]["min"] <= row["train_step_seconds"]["median"] <= row["train_step_seconds"]["max"]
+        )
+        memory = row["memory"]
+        assert memory["peak_bytes"] >= memory["before_bytes"] > 0
+    # the sub-FM's parameters are fewer, and the child process saw exactly them (with LoRA and head)
+    assert models["sub"]["memory"]["parameter_bytes"] < models["fm"]["memory"]["parameter_bytes"]
+    target = setting["targets"]["train_step_ratio_at_most_flop_ratio_plus_0.03"]
+    assert target["bound"] == pytest.approx(models["sub"]["flop_ratio_to_fm"] + 0.03)
+    text = out.with_suffix(".md").read_text()
+    assert text in capsys.readouterr().out
+    assert "| sub-FM (FedPFT) |" in text and "Target sub-FM/FM training step" in text
