@@ -10,6 +10,7 @@ server's state (clients' sub-FM versions; with alignment, its accumulation count
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -24,6 +25,8 @@ from sub_model_construct import io, reads
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "flgo", "numpy", "scikit-learn")
 CHECKPOINT_PREFIX = "checkpoint-round"
 STATE_FILE = "server_state.pt"
+
+logger = logging.getLogger(__name__)
 
 
 def environment() -> dict:
@@ -58,6 +61,7 @@ class RunFolder:
         self.path = Path(path)
         self.is_main = is_main
         self.metrics_path = self.path / "metrics.jsonl"
+        self.timings_path = self.path / "timings.jsonl"  # wall time of every part of each round (Server.log_timings)
         self.server = self.path / "server"
         self.lock = io.RunLock(self.path)  # one run per folder
 
@@ -117,6 +121,31 @@ class RunFolder:
     def append_metrics(self, record: dict, history: list[dict]) -> None:
         history.append(record)
         self._write_metrics(history)
+
+    # ------------------------------------------------------------------ timings (a diagnostic: never resumed from)
+    def read_timings(self) -> list[dict]:
+        """The records of timings.jsonl; a file that cannot be read (it only holds wall times) is dropped with a
+        warning rather than stopping a resume."""
+        if not self.timings_path.exists():
+            return []
+        try:
+            lines = self.timings_path.read_text(encoding="utf-8").splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+            if all(isinstance(r, dict) and type(r.get("round")) is int for r in records):
+                return records
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        logger.warning("timings file %s cannot be read; starting it afresh", self.timings_path)
+        return []
+
+    def write_timings(self, records: list[dict]) -> None:
+        if self.is_main:
+            io.atomic_write_text(self.timings_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def truncate_timings(self, last_round: int) -> list[dict]:
+        kept = [r for r in self.read_timings() if r["round"] <= last_round]
+        self.write_timings(kept)
+        return kept
 
     def write_summary(self, history: list[dict], metric: str, finished: bool, extra: dict) -> dict:
         key = f"eval_{metric}"

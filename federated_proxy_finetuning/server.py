@@ -86,6 +86,7 @@ class Server:
         self.f = fed
         self.global_state = fed.renamer.to_sub(adapter_state(fed.fm))
         self.history: list[dict] = []
+        self.timings: list[dict] = []  # timings.jsonl, one record per round (log_timings)
         self.start_round = 0
         self.resumed = False
         self.last_client_adapter: dict | None = None
@@ -149,17 +150,26 @@ class Server:
         t4 = time.perf_counter()
         record["seconds"] = {"train": t1 - t0, "aggregate": t2 - t1, "eval": t3 - t2, "align": t4 - t3}
         self.log_round(record)
+        t5 = time.perf_counter()
         self.checkpoint(r)
+        t6 = time.perf_counter()
         self.write_summary(finished=r == s.num_rounds)
+        t7 = time.perf_counter()
+        self.log_timings(r, record["seconds"], log=(t5 - t4) + (t7 - t6), checkpoint=t6 - t5, total=t7 - t0)
 
     def round_zero(self) -> None:
         """Round 0: the FM with the initial adapter (spec §4.11)."""
         record = {"round": 0, "learning_rate": None, "aligned": False, "data_split": self.data_split}
         record.update(bytes_sent=0, bytes_received=0, bytes_sent_cumulative=0, bytes_received_cumulative=0)
+        t0 = time.perf_counter()
         self.plug_in()
         record["fm"] = evaluate(self.f.fm, self.f.task, self.f.settings.per_device_eval_batch_size, self.f.accelerator)
+        t1 = time.perf_counter()
         self.log_round(record)
+        t2 = time.perf_counter()
         self.checkpoint(0)
+        t3 = time.perf_counter()
+        self.log_timings(0, {"eval": t1 - t0}, log=t2 - t1, checkpoint=t3 - t2, total=t3 - t0)
 
     # ------------------------------------------------------------------ the steps of a round
     def train_clients(self, r: int, lr: float, collect: bool) -> list[ClientUpdate]:
@@ -259,6 +269,16 @@ class Server:
         if self.f.accelerator.is_main_process:
             logger.info("Round %d FM %s sub-FM %s", record["round"], fm, sub or "-")
 
+    def log_timings(self, r: int, seconds: dict, log: float, checkpoint: float, total: float) -> None:
+        """timings.jsonl: the whole round's wall time by part. metrics.jsonl's `seconds` cannot hold the parts that
+        come after its record is written (the record's own writing, the checkpoint, summary.json), so the complete
+        split lives here; `log` is the writing of metrics.jsonl and summary.json, and `rest` whatever `total` holds
+        besides the named parts. Only this file's own writing is left out."""
+        parts = {"train": 0.0, "aggregate": 0.0, "eval": 0.0, "align": 0.0, **seconds}
+        parts.update(log=log, checkpoint=checkpoint)
+        self.timings.append({"round": r, **parts, "rest": total - sum(parts.values()), "total": total})
+        self.f.run.write_timings(self.timings)
+
     def checkpoint(self, r: int) -> None:
         """The FM's adapter in PEFT format (plugged in this round: the global one) plus the server's state."""
         state = {"round": r, "sync": self.sync.state_dict()}
@@ -275,6 +295,7 @@ class Server:
         if self.f.aligner is not None:
             self.f.aligner.load_state_dict(state, self.f.client_model)
         self.history = self.f.run.truncate_metrics(self.start_round)
+        self.timings = self.f.run.truncate_timings(self.start_round)
         logger.info("resumed from %s (round %d)", checkpoint, self.start_round)
 
     def write_summary(self, finished: bool) -> dict:

@@ -125,6 +125,17 @@ def test_pft_run_writes_results_and_a_pluggable_adapter(assets, tmp_path):
         assert set(r["seconds"]) == {"train", "aggregate", "eval", "align"}
     assert [r["aligned"] for r in records[1:]] == [False, True, False]
     assert (run / "align" / "round2.json").exists()
+    # timings.jsonl: every part of each round, including the checkpoint and the writing that follow the record
+    timings = [json.loads(x) for x in (run / "timings.jsonl").read_text().splitlines()]
+    assert [t["round"] for t in timings] == [0, 1, 2, 3]
+    parts = ("train", "aggregate", "eval", "align", "log", "checkpoint")
+    for t, r in zip(timings[1:], records[1:]):
+        assert set(t) == {"round", *parts, "rest", "total"}
+        assert all(t[p] >= 0 for p in parts) and t["checkpoint"] > 0 and t["log"] > 0
+        assert {p: t[p] for p in r["seconds"]} == r["seconds"]  # the same clock readings as metrics.jsonl
+        assert t["total"] == pytest.approx(sum(t[p] for p in parts) + t["rest"])
+        assert 0 <= t["rest"] < 0.5 * t["total"]
+    assert timings[0]["eval"] > 0 and timings[0]["train"] == timings[0]["align"] == 0
     # clients of round 3 also receive the FFN weights changed by the round-2 alignment, by hand: the sub-FM keeps
     # layers 0 and 3 whole; layers 1 and 2 have 16 neurons of which p = 0.5 were updated, each an input row (32), its
     # bias (1) and an output column (32), plus each layer's output bias (32) and LayerNorm (64); float32
@@ -179,6 +190,8 @@ def test_resume_gives_the_uninterrupted_metrics(assets, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     a, b = metrics(run_dir(whole, "pft")), metrics(run_dir(parts, "pft"))
     assert [r["round"] for r in b] == [0, 1, 2, 3, 4]
+    timings = [json.loads(x) for x in (run_dir(parts, "pft") / "timings.jsonl").read_text().splitlines()]
+    assert [t["round"] for t in timings] == [0, 1, 2, 3, 4]  # continued from the checkpoint's round, like metrics
     for ra, rb in zip(a, b):
         assert ra["fm"]["eval_loss"] == pytest.approx(rb["fm"]["eval_loss"], abs=1e-6)
         assert ra["fm"]["eval_accuracy"] == rb["fm"]["eval_accuracy"]
