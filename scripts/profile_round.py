@@ -16,8 +16,11 @@ as a warm-up and then `--repeats` rounds, and reports three things:
 The comparisons interleave suite and plain runs `--repeats` times and report medians. Prints a markdown table and
 writes JSON (default benchmarks/round_profile.json). `--profile cprofile|torch` profiles one more round.
 
-    python scripts/profile_round.py --quick            # about a minute on a laptop CPU
+    python scripts/profile_round.py --quick --threads 1      # about a minute on one CPU thread
     python scripts/profile_round.py --repeats 5 --profile cprofile
+
+On a machine whose cores are busy with other work, pass --threads 1: torch's default of one thread per core then
+oversubscribes the cores and every part slows down erratically (many times over, on two busy cores).
 """
 
 from __future__ import annotations
