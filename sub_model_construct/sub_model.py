@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
@@ -226,8 +225,8 @@ def load_sub_model(
         raise SubModelError(f"{path} is a plain checkpoint, not a sub-FM (its config has no ffn_widths/layer_map)")
     model = sub_model_from_config(config, model_class, source=str(path))
     with reads.reading(weights, "weights file"):
-        stored = safe_open(str(weights), framework="pt")
-    load_backbone_file(backbone(model), stored, source=str(path))
+        state = load_file(str(weights))
+    load_backbone_state(backbone(model), state, source=str(path))
     if torch_dtype is not None:
         model.to(torch_dtype)
     return model
@@ -236,57 +235,31 @@ def load_sub_model(
 def sub_model_from_config(config, model_class=AutoModel, source: str = "config") -> PreTrainedModel:
     """The stock model of a sub-FM config with its FFNs shrunk to the recorded widths (weights uninitialised)."""
     family = family_of(config)
-    if len(config.ffn_widths) != config.num_hidden_layers:
-        raise SubModelError(
-            f"{source}: config lists {len(config.ffn_widths)} FFN widths for {config.num_hidden_layers} layers"
-        )
-    # Built at the narrowest recorded width and widened where a layer is whole: building at the FM's width first
-    # would allocate every FFN at full size, so a client loading the sub-FM would briefly hold an FM's worth.
-    full_width = config.intermediate_size
-    config.intermediate_size = min(config.ffn_widths)
-    try:
-        model = model_class.from_config(config)
-    finally:
-        config.intermediate_size = full_width
-    model.config.intermediate_size = backbone(model).config.intermediate_size = full_width
-    for layer, width in zip(encoder_layers(model, family), config.ffn_widths):
+    model = model_class.from_config(config)
+    layers = encoder_layers(model, family)
+    if len(layers) != len(config.ffn_widths):
+        raise SubModelError(f"{source}: config lists {len(config.ffn_widths)} FFN widths for {len(layers)} layers")
+    for layer, width in zip(layers, config.ffn_widths):
         resize_ffn(layer, family, width)
     return model
 
 
-def check_backbone_keys(base: nn.Module, shapes: dict[str, tuple], source: str) -> dict[str, torch.Tensor]:
-    """The backbone's own state, after checking that `shapes` (name -> shape of the stored tensors) match it:
-    strict, except a `pooler.*` the backbone does not build. Mismatches get a clear error."""
+def load_backbone_state(base: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strict load, except a `pooler.*` the backbone does not build. Shapes are checked with a clear error."""
     own = base.state_dict()
     no_pooler = getattr(base, "pooler", None) is None
-    unexpected = [k for k in shapes if k not in own and not (no_pooler and k.startswith("pooler."))]
-    missing = [k for k in own if k not in shapes]
+    unexpected = [k for k in state if k not in own and not (no_pooler and k.startswith("pooler."))]
+    missing = [k for k in own if k not in state]
     if missing or unexpected:
         raise SubModelError(
             f"{source}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     for key, tensor in own.items():
-        if tuple(tensor.shape) != tuple(shapes[key]):
-            raise SubModelError(f"{source}: {key} has shape {tuple(shapes[key])}, model expects {tuple(tensor.shape)}")
-    return own
-
-
-def load_backbone_state(base: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load, except a `pooler.*` the backbone does not build. Shapes are checked with a clear error."""
-    own = check_backbone_keys(base, {k: v.shape for k, v in state.items()}, source)
+        if tensor.shape != state[key].shape:
+            raise SubModelError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, model expects {tuple(tensor.shape)}"
+            )
     base.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
-
-
-def load_backbone_file(base: nn.Module, stored, source: str = "checkpoint") -> None:
-    """`load_backbone_state` from an open safetensors file (`safe_open`). The parameters take the file's
-    memory-mapped tensors (private: writes stay in this process), as `from_pretrained` does for an FM, so a client
-    holds resident only the pages it touches and never a second copy of the weights."""
-    own = check_backbone_keys(base, {k: stored.get_slice(k).get_shape() for k in stored.keys()}, source)
-    state = {}
-    for key, tensor in own.items():
-        value = stored.get_tensor(key)
-        state[key] = value if value.dtype == tensor.dtype else value.to(tensor.dtype)
-    base.load_state_dict(state, strict=True, assign=True)
 
 
 # ----------------------------------------------------------------------------------------------- sizes and names

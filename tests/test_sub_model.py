@@ -265,44 +265,6 @@ def test_save_load_round_trip_bare_and_head_classes(fm_dirs, name, tmp_path):
     assert logits.shape == (len(next(iter(inputs.values()))), 3)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_loading_builds_no_full_width_ffn_in_a_compressed_layer(fm_dirs, name, tmp_path, monkeypatch):
-    """A client loading the sub-FM never holds an FM's worth of FFN: only the retained layers are built wide."""
-    sub = build_sub_model(load_fm(fm_dirs, name), RETAINED, RANK)
-    save_sub_model(sub, tmp_path / "sub")
-    widths = []
-    linear_init = nn.Linear.__init__
-
-    def recording(self, in_features, out_features, *args, **kwargs):
-        widths.append(out_features)
-        linear_init(self, in_features, out_features, *args, **kwargs)
-
-    monkeypatch.setattr(nn.Linear, "__init__", recording)
-    loaded = load_sub_model(tmp_path / "sub", head_class(name), num_labels=2)
-    monkeypatch.undo()
-    assert widths.count(tiny.FFN) == len(RETAINED)
-    assert [ffn_linears(layer, FAMILIES[name])[0].out_features for layer in encoder_layers(loaded, FAMILIES[name])] == (
-        sub.config.ffn_widths
-    )
-    assert loaded.config.intermediate_size == sub.config.intermediate_size == tiny.FFN
-
-
-def test_loaded_weights_are_private_to_the_process(fm_dirs, tmp_path):
-    """The parameters map the weights file; writing them (alignment, FFN changes) never reaches the file."""
-    sub = build_sub_model(load_fm(fm_dirs, "bert"), RETAINED, RANK)
-    save_sub_model(sub, tmp_path / "sub")
-    before = (tmp_path / "sub" / "model.safetensors").read_bytes()
-    loaded = load_sub_model(tmp_path / "sub")
-    w_in, _ = ffn_linears(encoder_layers(loaded, FAMILIES["bert"])[1], FAMILIES["bert"])
-    with torch.no_grad():
-        w_in.weight.add_(1.0)
-    assert (tmp_path / "sub" / "model.safetensors").read_bytes() == before
-    again = load_sub_model(tmp_path / "sub")
-    w_again, _ = ffn_linears(encoder_layers(again, FAMILIES["bert"])[1], FAMILIES["bert"])
-    assert torch.equal(w_again.weight + 1.0, w_in.weight)
-    assert all(p.requires_grad for p in loaded.parameters())
-
-
 def _rewrite_weights(folder, edit) -> None:
     weights = load_file(str(folder / "model.safetensors"))
     edit(weights)
