@@ -119,11 +119,15 @@ def write_image_corpus(folder: Path, count: int = 40, seed: int = 0) -> Path:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for CLI subprocesses: offline, one thread (the test process and its children share the cores)."""
+    """Environment for CLI subprocesses: offline, one thread (the test process and its children share the cores),
+    and this checkout first on the path: a script's own folder comes first on its path, so without it
+    `federated_proxy_finetuning.*` would resolve to whichever checkout is installed, not the one under test."""
     import os
 
+    root = str(Path(__file__).resolve().parents[1])
     return {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
