@@ -275,6 +275,8 @@ def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | No
     fm_config = reads.config(s.model_checkpoint)
     fm_family(s, modality, fm_config)
     s.check_model_limits(fm_config, modality.name)
+    if s.cache_dir:  # written by the tokenisation, before the outputs are checked below
+        io.check_writable(s.cache_dir, "tokenised-data cache folder (--cache_dir)")
     task, preprocessor = load_data(s, modality, accelerator, fm_config)
     metric = best_model_metric(task, s)
     fm_peft, client, renamer, pairs, client_params, fm_params = build_models(s, modality, task, fm_config)

@@ -468,6 +468,9 @@ def test_outputs_that_cannot_be_written_are_refused_before_training(assets, tmp_
     for root, fragment in ((tmp_path / "a-file" / "results", "is not a directory"), (Path("/proc/no/results"), "")):
         line = one_error(fedtune(tmp_path, fed_args(assets, "--num_rounds", "1", "--output_root", str(root))))
         assert "run folder" in line and fragment in line, line
+    cache = tmp_path / "a-file" / "cache"
+    line = one_error(fedtune(tmp_path, fed_args(assets, "--num_rounds", "1", "--cache_dir", str(cache))))
+    assert "(--cache_dir)" in line and "is not a directory" in line, line
 
 
 def test_a_full_disk_is_found_before_anything_is_written(tmp_path, monkeypatch):
