@@ -500,7 +500,8 @@ def parse_args(argv=None):
         "--quick",
         action="store_true",
         help="a smoke run: a MiniLM-sized config (6 layers, hidden 384, FFN 1536 -> 384), 3 repeats, batch 2 x 32 "
-        "tokens, random weights only (numbers not for reporting)",
+        "tokens, random weights only, 1 thread unless --threads says otherwise (numbers not for reporting; about 30 s "
+        "on 2 busy cores)",
     )
     p.add_argument("--out", default="benchmarks/client_cost.json", help="JSON; the markdown goes beside it (.md)")
     p.add_argument("--memory-child", dest="memory_child", help=argparse.SUPPRESS)
@@ -508,6 +509,7 @@ def parse_args(argv=None):
     if args.quick:
         args.repeats, args.batch, args.seq, args.image_size = 3, 2, 32, 64
         args.layers, args.hidden, args.ffn, args.intermediate_rank = 6, 384, 1536, 384
+        args.threads = args.threads or 1  # tiny steps on cores that other work shares slow down a hundredfold
         if args.weights == "auto":
             args.weights = "random"
     for flag in ("layers", "hidden", "ffn", "heads", "intermediate_rank", "batch", "seq", "lora_rank", "repeats"):
