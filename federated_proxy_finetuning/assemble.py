@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import platform
 import re
 import shutil
 from pathlib import Path
@@ -309,6 +311,22 @@ def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | No
         raise
 
 
+def hardware(accelerator) -> dict:
+    """Where the run's numbers come from (config.json): device, its name, processes and torch threads."""
+    device = accelerator.device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    return {
+        "device": str(device),
+        "name": name,
+        "processes": accelerator.num_processes,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def start(s, accelerator, run, source, checkpoint, resume, overwrite, task, partition, metric, models, aligner):
     """Everything that writes: the run folder (a copy of the run it extends), config.json, the server."""
     fm_peft, client, renamer, client_params, fm_params = models
@@ -336,7 +354,7 @@ def start(s, accelerator, run, source, checkpoint, resume, overwrite, task, part
             "%s on %s: %d clients, %d per round, client model %s of FM %s encoder-layer parameters",
             s.method, s.task_name, s.num_clients, len(schedule[0]), mebi(client_params), mebi(fm_params),
         )  # fmt: skip
-    run.write_config({"args": as_flags(s), **info})
+    run.write_config({"args": as_flags(s), **info, "hardware": hardware(accelerator)})
     server = Server(
         Federation(s, accelerator, task, fm_peft, client, renamer, trainer, schedule, run, metric, aligner, info)
     )

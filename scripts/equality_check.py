@@ -178,6 +178,8 @@ def run_config(root: Path, name: str) -> dict:
         flags += ["--resume", "True"]
     launch(script, flags, processes, cwd)
     (run,) = [p.parent for p in (cwd / "fed-result").glob("*/*/*/summary.json")]
+    hardware = json.loads((run / "config.json").read_text()).get("hardware", {})
+    print(f"{name}: ran on {hardware.get('device', '?')} ({hardware.get('name', '?')})", flush=True)
     return collect(run, str(root))
 
 

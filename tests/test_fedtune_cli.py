@@ -154,6 +154,7 @@ def test_pft_run_writes_results_and_a_pluggable_adapter(assets, tmp_path):
     assert summary["aligning"] and summary["client_model_distilled"] is False
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["method"] == "pft" and config["environment"]["packages"]["torch"]
+    assert config["hardware"]["device"] == "cpu" and config["hardware"]["processes"] == 1
     # the round checkpoint is a stock PEFT adapter for the FM: loaded with PeftModel.from_pretrained, the FM scores
     # what metrics.jsonl logged for that round
     from peft import PeftModel
