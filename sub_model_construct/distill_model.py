@@ -22,6 +22,36 @@ def ffn_product(layer: nn.Module, family: Family) -> torch.Tensor:
     return w_out.weight @ w_in.weight
 
 
+class _Enough(Exception):
+    """Raised by the hook on the deepest layer `layer_outputs` needs: the layers above it are not computed."""
+
+
+def layer_outputs(model: nn.Module, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The outputs of the given encoder layers (what `hidden_states[i + 1]` holds), with the forward stopped after
+    the deepest of them: the layers above it, and any pooler or final norm, would be computed for nothing."""
+    blocks = encoder_layers(model, family_of(backbone(model).config))
+    deepest = max(layers)
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(i: int):
+        def hook(module, args, output):
+            captured[i] = output[0] if isinstance(output, tuple) else output
+            if i == deepest:
+                raise _Enough
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(capture(i)) for i in sorted(set(layers))]
+    try:
+        backbone(model)(**inputs)
+    except _Enough:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 class LayerKD(nn.Module):
     """L_KD = 1/|pairs| * sum_i [ nmse(H^T_t(i), H^S_i) + alpha * nmse(M^T_t(i), M^S_i) ]  (spec §3.3).
 
@@ -59,9 +89,9 @@ class LayerKD(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         with torch.no_grad():
-            teacher_hidden = backbone(self.teacher)(**inputs, output_hidden_states=True).hidden_states
-        student_hidden = backbone(self.student)(**inputs, output_hidden_states=True).hidden_states
-        hidden = torch.stack([normalised_mse(teacher_hidden[t + 1], student_hidden[s + 1]) for t, s in self.pairs])
+            teacher_hidden = layer_outputs(self.teacher, inputs, [t for t, _ in self.pairs])
+        student_hidden = layer_outputs(self.student, inputs, [s for _, s in self.pairs])
+        hidden = torch.stack([normalised_mse(teacher_hidden[t], student_hidden[s]) for t, s in self.pairs])
         loss = hidden.mean()
         parts = {"hidden_loss": loss.item()}
         if self.alpha:

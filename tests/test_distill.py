@@ -14,7 +14,12 @@ from transformers import AutoModel, AutoTokenizer
 
 import datasets
 from sub_model_construct import corpus
-from sub_model_construct.distill_model import LayerKD, distillation_parameters, prepare_for_distillation
+from sub_model_construct.distill_model import (
+    LayerKD,
+    distillation_parameters,
+    layer_outputs,
+    prepare_for_distillation,
+)
 from sub_model_construct.families import encoder_layers, family_of
 from sub_model_construct.sub_model import build_sub_model, compressed_layers
 from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, batch_plan, steps_for, train
@@ -80,6 +85,29 @@ def test_kd_loss_is_zero_for_an_identical_student_and_positive_after_compression
     loss, parts = kd(batch)
     assert parts["hidden_loss"] > 0 and parts["weight_loss"] > 0
     assert loss.item() == pytest.approx(parts["hidden_loss"] + parts["weight_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_layer_outputs_are_the_hidden_states_and_stop_after_the_deepest_layer(fm_dirs, name):
+    fm, _ = teacher_and_student(fm_dirs, name)
+    batch = {k: v for k, v in collate(examples(name, 3)).items() if k != "labels"}
+    with torch.no_grad():
+        hidden = fm(**batch, output_hidden_states=True).hidden_states
+    ran = []
+    layers = encoder_layers(fm, family_of(fm.config))
+    hooks = [len(layer._forward_hooks) for layer in layers]
+    for i, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda module, args, i=i: ran.append(i))
+    with torch.no_grad():
+        got = layer_outputs(fm, batch, [2, 1])
+    assert sorted(got) == [1, 2] and ran == [0, 1, 2]  # layer 3 is never computed
+    for i in (1, 2):
+        assert torch.equal(got[i], hidden[i + 1])
+    assert [len(layer._forward_hooks) for layer in layers] == hooks  # its capture hooks are gone
+    ran.clear()
+    with torch.no_grad():
+        last = layer_outputs(fm, batch, [tiny.LAYERS - 1])
+    assert ran == list(range(tiny.LAYERS)) and torch.equal(last[tiny.LAYERS - 1], hidden[tiny.LAYERS])
 
 
 def _grads(fm_dirs, name, alpha, weight_term_grad):
