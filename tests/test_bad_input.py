@@ -216,24 +216,7 @@ def pft_args(assets: Path, *extra: str) -> list[str]:
     return fed_args(
         assets,
         *("--method", "pft", "--sub_model_checkpoint", str(assets / "text-sub"), "--align_interval", "2"),
-        *(
-            "--distill_dataset1_path",
-            str(assets / "corpus.txt"),
-            "--distill_dataset2_path",
-            "",
-            "--align_block_size",
-            "16",
-        ),
-        *(
-            "--align_batch_size",
-            "4",
-            "--align_epochs",
-            "0.5",
-            "--align_grad_accum_start",
-            "2",
-            "--align_grad_accum_min",
-            "1",
-        ),
+        *tiny.align_flags(assets / "corpus.txt"),
         *extra,
     )
 

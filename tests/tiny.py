@@ -118,6 +118,15 @@ def write_image_corpus(folder: Path, count: int = 40, seed: int = 0) -> Path:
     return folder
 
 
+def align_flags(corpus: Path) -> list[str]:
+    """The alignment flags of the tiny CLI runs: the public text corpus and a short, small-batch alignment."""
+    return [
+        *("--distill_dataset1_path", str(corpus), "--distill_dataset2_path", "", "--align_block_size", "16"),
+        *("--align_batch_size", "4", "--align_epochs", "0.5"),
+        *("--align_grad_accum_start", "2", "--align_grad_accum_min", "1"),
+    ]
+
+
 def subprocess_env() -> dict[str, str]:
     """Environment for CLI subprocesses: offline, one thread (the test process and its children share the cores),
     and this checkout first on the path: a script's own folder comes first on its path, so without it
