@@ -42,7 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FM = "pretrain_models/all-MiniLM-L6-v2"
-SUB_FM = "/work/main/results/embedded/models/minilm/sub-distilled"
+SUB_FM = "results/embedded/models/minilm/sub-distilled"  # built by scripts/embedded/table1.sh
 # the text demo's federated flags (scripts/demo.sh, scripts/embedded/common.sh FL_TEXT and MAX_LENGTH[bbc])
 DEMO_FLAGS = (
     "--task_name bbc --num_clients 20 --proportion 0.2 --learning_rate 8e-4 --lr_scheduler_type 2 --num_epochs 1 "
@@ -302,7 +302,12 @@ def profile_round(server, r: int, kind: str, out: Path, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_checkpoint", default=FM)
-    p.add_argument("--sub_model_checkpoint", default=SUB_FM, help="the distilled MiniLM sub-FM (read only)")
+    p.add_argument(
+        "--sub_model_checkpoint",
+        default=SUB_FM,
+        help="the distilled MiniLM sub-FM (read only): the embedded tables' (bash scripts/embedded/table1.sh builds it) "
+        "or the demo's, demo-output/sub_model/sub-all-MiniLM-L6-v2-retained05-r1384-r2384-distilled",
+    )
     p.add_argument("--dataset_path", default="datasets")
     p.add_argument("--corpus_path", default="datasets/bbc-corpus", help="public corpus of the alignment")
     p.add_argument("--max_length", type=int, default=64, help="the demo's bbc value (common.sh MAX_LENGTH[bbc])")
@@ -320,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=40, help="rows of the profile table")
     p.add_argument("--out", default="benchmarks/round_profile.json")
     args = p.parse_args(argv)
+    for flag, what in (("model_checkpoint", "bash scripts/setup.sh"), ("sub_model_checkpoint", "see --help")):
+        if not (Path(getattr(args, flag)) / "config.json").is_file():
+            p.error(f"--{flag} {getattr(args, flag)} is not a model folder ({what})")
     if args.quick:
         args.eval_examples, args.repeats, args.align_steps = args.eval_examples or 64, 2, 1
     if args.threads:
