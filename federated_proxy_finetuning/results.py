@@ -90,57 +90,52 @@ class RunFolder:
     def write_config(self, config: dict) -> None:
         self.write_json("config.json", {**config, "environment": environment()})
 
-    # ------------------------------------------------------------------ metrics
-    def read_metrics(self) -> list[dict]:
-        """The records of metrics.jsonl; a line that is not a record with an integer round is refused, naming it."""
-        if not self.metrics_path.exists():
+    # ------------------------------------------------------------------ metrics.jsonl and timings.jsonl
+    def _read_records(self, path: Path, what: str) -> list[dict]:
+        """The records of a JSONL file; a line that is not a record with an integer round is refused, naming it."""
+        if not path.exists():
             return []
-        with reads.reading(self.metrics_path, "metrics file"):
-            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        with reads.reading(path, f"{what} file"):
+            lines = path.read_text(encoding="utf-8").splitlines()
         records = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            with reads.reading(f"{self.metrics_path}:{n}", "metrics record"):
+            with reads.reading(f"{path}:{n}", f"{what} record"):
                 record = json.loads(line)
             if not isinstance(record, dict) or type(record.get("round")) is not int:
-                raise reads.ReadError(f"metrics record {self.metrics_path}:{n} has no integer round")
+                raise reads.ReadError(f"{what} record {path}:{n} has no integer round")
             records.append(record)
         return records
 
-    def _write_metrics(self, records: list[dict]) -> None:
+    def _write_records(self, path: Path, records: list[dict]) -> None:
         if self.is_main:
-            io.atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def read_metrics(self) -> list[dict]:
+        return self._read_records(self.metrics_path, "metrics")
 
     def truncate_metrics(self, last_round: int) -> list[dict]:
         """Keep records up to `last_round` (a resumed run rewrites what came after its checkpoint)."""
         kept = [r for r in self.read_metrics() if r["round"] <= last_round]
-        self._write_metrics(kept)
+        self._write_records(self.metrics_path, kept)
         return kept
 
     def append_metrics(self, record: dict, history: list[dict]) -> None:
         history.append(record)
-        self._write_metrics(history)
+        self._write_records(self.metrics_path, history)
 
-    # ------------------------------------------------------------------ timings (a diagnostic: never resumed from)
     def read_timings(self) -> list[dict]:
-        """The records of timings.jsonl; a file that cannot be read (it only holds wall times) is dropped with a
-        warning rather than stopping a resume."""
-        if not self.timings_path.exists():
-            return []
+        """timings.jsonl only holds wall times (a diagnostic, never resumed from): a file that cannot be read is
+        dropped with a warning rather than stopping a resume."""
         try:
-            lines = self.timings_path.read_text(encoding="utf-8").splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
-            if all(isinstance(r, dict) and type(r.get("round")) is int for r in records):
-                return records
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            pass
-        logger.warning("timings file %s cannot be read; starting it afresh", self.timings_path)
-        return []
+            return self._read_records(self.timings_path, "timings")
+        except reads.ReadError as exc:
+            logger.warning("%s; starting the timings file afresh", exc)
+            return []
 
     def write_timings(self, records: list[dict]) -> None:
-        if self.is_main:
-            io.atomic_write_text(self.timings_path, "".join(json.dumps(r) + "\n" for r in records))
+        self._write_records(self.timings_path, records)
 
     def truncate_timings(self, last_round: int) -> list[dict]:
         kept = [r for r in self.read_timings() if r["round"] <= last_round]
