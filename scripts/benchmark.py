@@ -206,7 +206,6 @@ class PeakRSS:
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
 
     @staticmethod
     def current_rss() -> int | None:
@@ -216,17 +215,13 @@ class PeakRSS:
         except OSError:
             return None
 
-    def current(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
+            self.peak = max(self.peak, self.current_rss())
             time.sleep(self.interval)
 
     def __enter__(self):
-        self.peak = self.current()
+        self.peak = self.current_rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -234,7 +229,7 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.current())
+        self.peak = max(self.peak, self.current_rss())
 
 
 def memory_child(spec: dict) -> dict:
@@ -267,7 +262,7 @@ def memory_child(spec: dict) -> dict:
         out["measure"] = "CUDA max allocated"
     elif Path("/proc/self/statm").is_file():
         with PeakRSS() as rss:
-            before = rss.current()
+            before = rss.current_rss()
             for _ in range(3):
                 train_step(model, batch, optimizer)
         out.update(before_bytes=before, peak_bytes=rss.peak, measure="peak RSS")
