@@ -262,7 +262,8 @@ def distillation_kd(s: DistillSettings, fm, sub):
 
 def distil(s: DistillSettings, kd: LayerKD, named, data, collate, out: Path, resume_state, accelerator) -> dict:
     """Layer-level distillation (spec §3.4): the one training loop, logging to distill_log.jsonl and saving
-    `checkpoint-<step>` folders (sub-FM + optimiser, scheduler and RNG state) every --save_steps."""
+    `checkpoint-<step>` folders (sub-FM + optimiser, scheduler and RNG state) every --save_steps, the newest
+    --save_total_limit of them kept."""
     effective = s.per_device_train_batch_size * accelerator.num_processes * s.gradient_accumulation_steps
     total = steps_for(len(data), effective, s.distill_epoch)
     total = min(total, s.max_steps) if s.max_steps > 0 else total
@@ -280,6 +281,9 @@ def distil(s: DistillSettings, kd: LayerKD, named, data, collate, out: Path, res
             io.save_checkpoint(
                 out / f"{CHECKPOINT_PREFIX}{step}", lambda p: save_sub_model(kd.student, p), state, STATE_FILE
             )
+            if s.save_total_limit:  # only after the new one is complete, so a crash never leaves none
+                newest = sorted(io.checkpoints(out, CHECKPOINT_PREFIX, STATE_FILE))[-s.save_total_limit :]
+                io.prune_checkpoints(out, CHECKPOINT_PREFIX, set(newest))
 
     def loss_fn(batch):
         with accelerator.autocast():

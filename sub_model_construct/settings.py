@@ -301,6 +301,9 @@ class DistillSettings:
     save_steps: float = option(
         0.1, "checkpoint every N steps, or this fraction if < 1 (0 = never)", valid=STEPS_OR_SHARE
     )
+    save_total_limit: int = option(
+        0, "keep only the newest N checkpoint-<step> folders, removing older ones (0 = keep all)", valid=NON_NEGATIVE
+    )
     resume_from_checkpoint: str | None = option(None, "a checkpoint-<step> folder, or True for the latest")
     eval_blocks: int = option(64, "held-out corpus items for the before/after MSE report", valid=NON_NEGATIVE)
     seed: int = option(123, "seed of the corpus order, crops and initial draws", valid=SEED)

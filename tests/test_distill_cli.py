@@ -152,7 +152,8 @@ def text_chain(assets, cwd: Path) -> dict:
 def vit_chain(assets, cwd: Path) -> dict:
     name = SUB_NAME.format(fm="vit-tiny")
     distilled = name + DISTILLED_SUFFIX.format(corpus="images", alpha="0.0")
-    return distill_chain(DISTILL_VIT, vit_args(assets, "--save_steps", "2"), cwd, distilled)
+    args = vit_args(assets, "--save_steps", "2", "--save_total_limit", "1")  # checkpoint-2 removed once 4 is saved
+    return distill_chain(DISTILL_VIT, args, cwd, distilled)
 
 
 def roberta_run(assets, cwd: Path) -> dict:
@@ -377,7 +378,7 @@ def test_vit_distillation_end_to_end(runs):
     assert summary["steps"] == 5  # one epoch of 36 images at 8 per step, below --max_steps 6
     log = [json.loads(line) for line in chain["first_log"]]
     assert log[-1]["step"] == 5 and "weight_loss" not in log[-1]  # distill_alpha defaults to 0 for ViT
-    assert chain["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    assert chain["checkpoints"] == ["checkpoint-4"]  # --save_total_limit 1
     headed = load_sub_model(chain["out"], AutoModelForImageClassification, num_labels=3)
     assert headed.config.ffn_widths == [tiny.FFN, 16, 16, tiny.FFN]
     undistilled = load_file(str(chain["out"].parent / SUB_NAME.format(fm="vit-tiny") / "model.safetensors"))

@@ -106,3 +106,37 @@ def test_no_two_tables_share_an_output_root(tmp_path):
     roots = {t: {cell(f, tmp_path) for f in runs(dry(t, tmp_path))} for t in ("table1", "table2", "table3", "table4")}
     for t, cells in roots.items():
         assert all(c.startswith(f"{t}/") for c in cells)
+
+
+def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path):
+    models = tmp_path / "r" / "models"
+    (models / "minilm" / "sub-distilled").mkdir(parents=True)  # finished: reused, not rerun
+    (models / "minilm" / "sub-distilled" / "distill_summary.json").write_text("{}")
+    (models / "minilm" / "emulator-distilled").mkdir(parents=True)  # never reached a checkpoint: redone
+    for step, complete in ((3, True), (6, False)):  # checkpoint-6 lacks its training state: not a resume point
+        checkpoint = models / "mpnet" / "sub-distilled" / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        if complete:
+            (checkpoint / "training_state.pt").write_bytes(b"")
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / "table1.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "RESULTS": str(tmp_path / "r"), "VISION": "0", "PAPER_SHAPE": "1"},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    kd = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("+ ") and "--distill True" in line:
+            args = line[2:].split()
+            kd[Path(args[args.index("--output_dir") + 1]).relative_to(models).as_posix()] = args
+    assert sorted(kd) == ["minilm/emulator-distilled", "mpnet/emulator-distilled", "mpnet/sub-distilled"]
+    resumed = kd["mpnet/sub-distilled"]
+    assert resumed[resumed.index("--resume_from_checkpoint") + 1] == str(models / "mpnet/sub-distilled/checkpoint-3")
+    assert "--overwrite" not in resumed
+    redone = kd["minilm/emulator-distilled"]
+    assert redone[redone.index("--overwrite") + 1] == "True" and "--resume_from_checkpoint" not in redone
+    fresh = kd["mpnet/emulator-distilled"]
+    assert "--overwrite" not in fresh and "--resume_from_checkpoint" not in fresh
+    assert all(a[a.index("--save_total_limit") + 1] == "1" for a in kd.values())

@@ -10,7 +10,8 @@
 # Everything else (sub-FM rule, FedAvg, alignment rule, plug-in, evaluation on the FM) is the paper's.
 #
 # Rerun-safe: a finished run is skipped, an interrupted one resumed from its last round checkpoint (fedtune.py
-# --resume auto); sub-FMs and emulators are built once under $RESULTS/models and reused.
+# --resume auto); sub-FMs and emulators are built once under $RESULTS/models and reused, an interrupted
+# distillation resumes from its latest checkpoint.
 #
 # Environment: RESULTS (default results/embedded), SEEDS (default "1 2 3"), ROUNDS (default 30), JOBS (default 2:
 # runs of a table at once, one CPU thread each: small models gain little from a second thread, and one thread per
@@ -19,6 +20,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
+source "$root/scripts/distill_resume.sh"
 RESULTS="${RESULTS:-$root/results/embedded}"
 SEEDS="${SEEDS:-1 2 3}"
 ROUNDS="${ROUNDS:-30}"
@@ -81,10 +83,10 @@ declare -A EMULATOR=([minilm]=2 [mpnet]=5 [vit-tiny]=2)
 # distillation budget, identical for the sub-FM and the FedOT emulator (the issue's fairness rule)
 TEXT_KD=(--dataset1_path datasets/bbc-corpus --dataset2_path '' --block_size 128 --per_device_train_batch_size 16
     --gradient_accumulation_steps 2 --learning_rate 6e-4 --lr_scheduler_type linear --warm_up_ratio 0.048
-    --distill_epoch 1 --distill_alpha 0.01 --save_steps 0)
+    --distill_epoch 1 --distill_alpha 0.01 --save_steps 0.1 --save_total_limit 1)
 IMAGE_KD=(--distill_dataset_path datasets/fashion-mnist --per_device_train_batch_size 64
     --gradient_accumulation_steps 1 --learning_rate 1e-3 --lr_scheduler_type linear --distill_epoch 1
-    --max_steps 150 --save_steps 0)
+    --max_steps 150 --save_steps 0.1 --save_total_limit 1)
 
 sub_fm() {  # sub_fm <model> [distilled]: folder of the sub-FM
     local name
@@ -111,9 +113,12 @@ distil() {  # distil <model> <distilled folder> <construction flags...>
         return 0
     fi
     # construction (saved as the undistilled folder, reused when present), then the distillation into its own
-    # folder; an interrupted distillation (no distill_summary.json yet) is redone: it takes a minute or two
+    # folder; an interrupted distillation (no distill_summary.json yet) resumes from its latest checkpoint (one is
+    # kept, every tenth of the steps: MPNet's takes hours here), or is redone when it never reached one
+    resume_flags "$out"
+    if [ -n "$RESUME_NOTE" ]; then echo "  ($RESUME_NOTE)"; fi
     run "$PY" "$script" --model_checkpoint "${FM_PATH[$model]}" --sub_model_dir "$MODELS_DIR/$model" "$@" \
-        --distill True "${kd[@]}" --output_dir "$out" --overwrite True
+        --distill True "${kd[@]}" --output_dir "$out" "${RESUME[@]}"
 }
 
 build_models() {  # build_models <model>: undistilled + distilled sub-FM and FedOT emulator

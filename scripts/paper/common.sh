@@ -30,6 +30,7 @@
 # two scripts building the same sub-FM at once would collide.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$root/scripts/distill_resume.sh"
 
 DRY_RUN=0
 for arg in "$@"; do
@@ -101,25 +102,13 @@ EMULATOR_SHAPE=(--emulator_layers 5 --adapter_layers 1 1)
 # linear, warm-up 0.048, 5 epochs, alpha 0.01. The FedOT emulator gets exactly the same budget.
 DISTILL=(--distill True --per_device_train_batch_size 32 --gradient_accumulation_steps $((32 / GPUS))
     --learning_rate 6e-4 --lr_scheduler_type linear --warm_up_ratio 0.048 --distill_epoch 5 --distill_alpha 0.01
-    --logging_steps 0.05 --save_steps 0.1 --dataset1_path "$DATA/bookcorpus" --dataset2_path "$DATA/wikipedia"
-    --num_proc "$NUM_PROC")
+    --logging_steps 0.05 --save_steps 0.1 --save_total_limit 1 --dataset1_path "$DATA/bookcorpus"
+    --dataset2_path "$DATA/wikipedia" --num_proc "$NUM_PROC")
 
 # distill.py writes the undistilled model to <--sub_model_dir>/<name> (spec §2.7) and the distilled one to
 # --output_dir, which these scripts set to <undistilled>-distilled.
 sub_fm_dir() { echo "$SUB_FMS/sub-$1-retained011-r1768-r2768"; }  # the name distill.py gives SUB_FM_SHAPE
 emulator_dir() { echo "$SUB_FMS/fedot-$1-adapters11-emulator5"; }  # the name distill.py gives EMULATOR_SHAPE
-
-latest_checkpoint() {  # latest_checkpoint <distilled folder>: its highest checkpoint-<step> that has a training state
-    local dir step best="" best_step=-1
-    for dir in "$1"/checkpoint-*/; do
-        dir="${dir%/}"
-        step="${dir##*/checkpoint-}"
-        if [[ "$step" =~ ^[0-9]+$ ]] && [ -f "$dir/training_state.pt" ] && [ "$step" -gt "$best_step" ]; then
-            best="$dir" best_step="$step"
-        fi
-    done
-    echo "$best"
-}
 
 build() {  # build <model> <undistilled folder> <shape flags...>: construct and distil once, reuse afterwards
     local model="$1" plain="$2"
@@ -135,16 +124,9 @@ build() {  # build <model> <undistilled folder> <shape flags...>: construct and 
         fi
         return
     fi
-    local resume=() checkpoint
-    checkpoint="$(latest_checkpoint "$out")"
-    if [ -n "$checkpoint" ]; then
-        note "$out was interrupted: resuming from $checkpoint"
-        resume=(--resume_from_checkpoint "$checkpoint")
-    elif [ -e "$out" ]; then
-        note "$out was interrupted before its first checkpoint: distilling again"
-        resume=(--overwrite True)
-    fi
-    launch "${base[@]}" "${DISTILL[@]}" --output_dir "$out" "${resume[@]}"
+    resume_flags "$out"
+    if [ -n "$RESUME_NOTE" ]; then note "$RESUME_NOTE"; fi
+    launch "${base[@]}" "${DISTILL[@]}" --output_dir "$out" "${RESUME[@]}"
 }
 
 build_sub_fm() { build "$1" "$(sub_fm_dir "$1")" "${SUB_FM_SHAPE[@]}"; }
