@@ -9,13 +9,16 @@ the paper-shape asset is installed) it builds the FM, the sub-FM (layers 0 and L
 - the peak memory of one client's training step, each model in a fresh process that loads it the way a client
   does: peak RSS on CPU (sampled every millisecond during three steps), torch.cuda.max_memory_allocated on a GPU;
 - the analytic FLOP ratio to the FM, with its formula;
-- the server-side pieces of a round (aggregation of --clients adapters, plug-in into the FM).
+- the server-side pieces of a round (aggregation of --clients adapters, plug-in into the FM);
+- with --profile-ops N, where a training step goes: torch.profiler's self CPU time per operator, grouped into
+  matrix products (the only work a cut FFN removes), dropout masks and everything else, per model side by side.
 
 Prints a markdown table per setting and writes JSON (--out) and the markdown beside it (.md).
 
     python scripts/benchmark.py                       # full: 10 repeats, batch 8 x 128 tokens
     python scripts/benchmark.py --quick               # a smoke run on a small config, under a minute
     python scripts/benchmark.py --device cuda         # on a GPU (memory: CUDA max allocated)
+    python scripts/benchmark.py --threads 1 --no-memory --profile-ops 3   # time, then operators of 3 steps each
 """
 
 from __future__ import annotations
@@ -198,6 +201,43 @@ def interleaved_times(models: dict, batch: dict, repeats: int, device: str, prog
     return {k: {"train_step_seconds": spread(train[k]), "eval_forward_seconds": spread(forward[k])} for k in models}
 
 
+# ------------------------------------------------------------------------------------------------ operators
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"})
+OP_GROUPS = (
+    ("matrix products (mm, addmm, bmm)", lambda op: op in MATMUL_OPS),
+    ("dropout masks (bernoulli_)", lambda op: op == "aten::bernoulli_"),
+    ("everything else (elementwise, softmax, LayerNorm, copies, AdamW)", lambda op: True),
+)
+
+
+def operator_profile(models: dict, batch: dict, steps: int, progress) -> dict:
+    """Self CPU seconds per operator of one training step (torch.profiler), the mean of `steps` profiled steps per
+    model taken in turn, and their sums by OP_GROUPS: which work the sub-FM's cut FFNs remove and which they leave."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizers = {
+        k: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4) for k, m in models.items()
+    }
+    ops = {k: {} for k in models}
+    for key, model in models.items():  # warm-up: the optimiser's state and the allocator, outside the profile
+        model.train()
+        train_step(model, batch, optimizers[key])
+    for i in range(steps):
+        for key, model in models.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                train_step(model, batch, optimizers[key])
+            for event in prof.key_averages():
+                ops[key][event.key] = ops[key].get(event.key, 0.0) + event.self_cpu_time_total / 1e6 / steps
+        progress(f"operator profile {i + 1}/{steps}")
+    groups = {}
+    for key, per_op in ops.items():
+        sums = dict.fromkeys((name for name, _ in OP_GROUPS), 0.0)
+        for op, seconds in per_op.items():
+            sums[next(name for name, member in OP_GROUPS if member(op))] += seconds
+        groups[key] = sums
+    return {"steps": steps, "seconds_by_operator": ops, "seconds_by_group": groups}
+
+
 # ------------------------------------------------------------------------------------------------ memory
 class PeakRSS:
     """Peak resident set size of this process while the block runs, sampled from /proc/self/statm."""
@@ -344,6 +384,11 @@ def run_setting(name: str, args, device: str, progress) -> dict:
     clients = {k: client_model(k, m, family, args).to(device) for k, m in models.items()}
     batch = batch_for(family, args.batch, args.seq, args.image_size, 2, device)
     times = interleaved_times(clients, batch, args.repeats, device, lambda m: progress(f"{name}: {m}"))
+    operators = (
+        operator_profile(clients, batch, args.profile_ops, lambda m: progress(f"{name}: {m}"))
+        if args.profile_ops
+        else None
+    )
     # server-side pieces of a round: aggregation of K adapters and the plug-in into the FM
     state = adapter_state(clients["sub"])
     updates = [({k: v + 0.01 * i for k, v in state.items()}, 100, 1) for i in range(args.clients)]
@@ -408,6 +453,7 @@ def run_setting(name: str, args, device: str, progress) -> dict:
         "aggregate_seconds": aggregate_seconds,
         "plug_in_seconds": plug_seconds,
         "adapter_bytes": sum(v.numel() * v.element_size() for v in state.values()),
+        **({"operators": operators} if operators else {}),
     }
 
 
@@ -457,7 +503,35 @@ def markdown(result: dict) -> str:
             + f" Server: aggregating {result['clients']} adapters {s['aggregate_seconds'] * 1e3:.1f} ms, "
             f"plug-in {s['plug_in_seconds'] * 1e3:.1f} ms.",
         ]
+        if "operators" in s:
+            lines += operator_markdown(s["operators"], s["models"])
     return "\n".join(lines) + "\n"
+
+
+def operator_markdown(operators: dict, rows: dict, top: int = 8) -> list[str]:
+    """The operator profile as two tables: seconds per step by group, then the costliest operators of the FM."""
+    groups, per_op = operators["seconds_by_group"], operators["seconds_by_operator"]
+    keys = list(groups)
+    head = " | ".join(MODELS[k] for k in keys)
+
+    def row(label: str, values: dict) -> str:
+        ratio = values["sub"] / values["fm"] if values["fm"] else float("nan")
+        return f"| {label} | " + " | ".join(f"{values[k]:.3f}" for k in keys) + f" | {ratio:.3f} |"
+
+    lines = [
+        "",
+        f"Where a training step goes (torch.profiler, self CPU seconds per step, mean of {operators['steps']} "
+        f"profiled steps per model; the sub-FM's FLOP ratio is {rows['sub']['flop_ratio_to_fm']:.3f}):",
+        "",
+        f"| operator group | {head} | sub-FM / FM |",
+        "|---|" + "---|" * (len(keys) + 1),
+    ]
+    lines += [row(name, {k: groups[k][name] for k in keys}) for name, _ in OP_GROUPS]
+    lines.append(row("**total**", {k: sum(groups[k].values()) for k in keys}))
+    lines += ["", f"| operator (the FM's {top} costliest) | {head} | sub-FM / FM |", "|---|" + "---|" * (len(keys) + 1)]
+    for op in sorted(per_op["fm"], key=per_op["fm"].get, reverse=True)[:top]:
+        lines.append(row(f"`{op}`", {k: per_op[k].get(op, 0.0) for k in keys}))
+    return lines
 
 
 def machine(device: str) -> str:
@@ -492,6 +566,15 @@ def parse_args(argv=None):
     p.add_argument("--mpnet", type=Path, default=MPNET, help="the paper-shape asset (fetch_assets.sh --paper-shape)")
     p.add_argument("--no-memory", dest="no_memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument(
+        "--profile-ops",
+        dest="profile_ops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N training steps per model with torch.profiler and report self CPU time by operator "
+        "(CPU only; 0 = off)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: a MiniLM-sized config (6 layers, hidden 384, FFN 1536 -> 384), 3 repeats, batch 2 x 32 "
@@ -514,6 +597,10 @@ def parse_args(argv=None):
         p.error(f"--layers must be at least 3 (two whole layers and one compressed), got {args.layers}")
     if not 1 <= args.intermediate_rank <= args.ffn:
         p.error(f"--intermediate_rank must be in 1..--ffn ({args.ffn}), got {args.intermediate_rank}")
+    if args.profile_ops < 0:
+        p.error(f"--profile-ops must be at least 0, got {args.profile_ops}")
+    if args.profile_ops and args.device != "cpu":
+        p.error("--profile-ops reports self CPU time: use it with --device cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no GPU here")
     if args.weights == "mpnet" and not (args.mpnet / "config.json").is_file():

@@ -53,3 +53,27 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     text = out.with_suffix(".md").read_text()
     assert text in capsys.readouterr().out
     assert "| sub-FM (FedPFT) |" in text and "Target sub-FM/FM training step" in text
+
+
+def test_operator_profile_groups_every_operator_once(tmp_path):
+    out = tmp_path / "ops.json"
+    argv = "--layers 3 --hidden 32 --ffn 64 --heads 2 --intermediate_rank 16 --batch 2 --seq 8 --repeats 1"
+    argv += " --weights random --threads 1 --no-memory --profile-ops 1"
+    assert benchmark.main([*argv.split(), "--out", str(out)]) == 0
+    (setting,) = json.loads(out.read_text())["settings"]
+    operators = setting["operators"]
+    assert operators["steps"] == 1
+    for key in ("fm", "sub", "emulator"):
+        per_op, groups = operators["seconds_by_operator"][key], operators["seconds_by_group"][key]
+        assert list(groups) == [name for name, _ in benchmark.OP_GROUPS]
+        assert sum(groups.values()) == pytest.approx(sum(per_op.values()))
+        matmuls = sum(v for op, v in per_op.items() if op in benchmark.MATMUL_OPS)
+        assert groups["matrix products (mm, addmm, bmm)"] == pytest.approx(matmuls) and matmuls > 0
+    text = out.with_suffix(".md").read_text()
+    assert "| operator group |" in text and "| **total** |" in text
+
+
+def test_operator_profile_is_cpu_only(capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.parse_args(["--profile-ops", "2", "--device", "cuda"])
+    assert exc.value.code == 2 and "--device cpu" in capsys.readouterr().err
