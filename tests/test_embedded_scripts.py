@@ -67,7 +67,10 @@ def test_table1_paper_shape_row_is_opt_in(tmp_path):
     assert not any("mpnet" in line for line in dry("table1", tmp_path, VISION="0"))
     fed = runs(dry("table1", tmp_path, VISION="0", PAPER_SHAPE="1"))
     mpnet = [f for f in fed if "mpnet" in f["--model_checkpoint"]]
-    assert len(mpnet) == 4 and {f["--seed"] for f in mpnet} == {"1"}
+    assert len(mpnet) == 4 * 3 and {f["--seed"] for f in mpnet} == {"1", "2", "3"}
+    assert {f["--num_rounds"] for f in mpnet} == {"20"}
+    one = runs(dry("table1", tmp_path, VISION="0", PAPER_SHAPE="1", MPNET_SEEDS="1"))
+    assert {f["--seed"] for f in one if "mpnet" in f["--model_checkpoint"]} == {"1"}
 
 
 def test_table2_dirichlet_cells(tmp_path):

@@ -2,7 +2,7 @@
 # Table 1 (IID) on the embedded assets: FedPETuning, FedOT (distilled emulator), FedOT w/o KD and FedPFT on the
 # BBC topic task (SST-2's analogue) and the BBC sentence-pair proxy (QNLI's analogue) with MiniLM; the vision row
 # (ViT FM pretrained on Fashion-MNIST, MNIST task); with PAPER_SHAPE=1 also all-mpnet-base-v2 (the paper's layer
-# shape: 81.1 Mi -> 47.3 Mi) on BBC, seeds MPNET_SEEDS (default 1), MPNET_ROUNDS rounds (default 20).
+# shape: 81.1 Mi -> 47.3 Mi) on BBC, seeds MPNET_SEEDS (default: SEEDS), MPNET_ROUNDS rounds (default 20).
 #   bash scripts/embedded/table1.sh [--dry-run]     (VISION=0 skips the vision row; see common.sh for the rest)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 started=$(date +%s)
@@ -21,7 +21,7 @@ if [ "${VISION:-1}" = 1 ]; then
 fi
 if [ "${PAPER_SHAPE:-0}" = 1 ]; then
     build_models mpnet
-    for method in "${METHODS[@]}"; do SEEDS="${MPNET_SEEDS:-1}" ROUNDS="${MPNET_ROUNDS:-20}" \
+    for method in "${METHODS[@]}"; do SEEDS="${MPNET_SEEDS:-$SEEDS}" ROUNDS="${MPNET_ROUNDS:-20}" \
         cell table1 mpnet bbc iid "$method"; done
 fi
 table_done "$started" table1
