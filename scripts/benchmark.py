@@ -144,6 +144,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def client_optimizer(model) -> torch.optim.Optimizer:
+    """AdamW on what a client trains (LoRA and head): the parameters that require gradients."""
+    return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+
+
 def train_step(model, batch, optimizer) -> None:
     loss = model(**batch).loss
     loss.backward()
@@ -181,9 +186,7 @@ def spread(values: list[float]) -> dict:
 def interleaved_times(models: dict, batch: dict, repeats: int, device: str, progress) -> dict:
     """Training-step and eval-forward seconds per model: one warm-up each, then `repeats` rounds in which every
     model takes one step in turn (so that machine noise hits them alike)."""
-    optimizers = {
-        k: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4) for k, m in models.items()
-    }
+    optimizers = {k: client_optimizer(m) for k, m in models.items()}
     train = {k: [] for k in models}
     forward = {k: [] for k in models}
     for key, model in models.items():
@@ -215,9 +218,7 @@ def operator_profile(models: dict, batch: dict, steps: int, progress) -> dict:
     model taken in turn, and their sums by OP_GROUPS: which work the sub-FM's cut FFNs remove and which they leave."""
     from torch.profiler import ProfilerActivity, profile
 
-    optimizers = {
-        k: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4) for k, m in models.items()
-    }
+    optimizers = {k: client_optimizer(m) for k, m in models.items()}
     ops = {k: {} for k in models}
     for key, model in models.items():  # warm-up: the optimiser's state and the allocator, outside the profile
         model.train()
@@ -288,7 +289,7 @@ def memory_child(spec: dict) -> dict:
     args = argparse.Namespace(lora_rank=spec["lora_rank"])
     model = client_model(spec["key"], model, spec["family"], args).to(device)
     model.train()
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    optimizer = client_optimizer(model)
     batch = batch_for(spec["family"], spec["batch"], spec["seq"], spec["image_size"], 2, device)
     out = {"parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()), "imports_bytes": imports}
     if device.startswith("cuda"):
