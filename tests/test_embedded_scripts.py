@@ -14,15 +14,17 @@ SCRIPTS = ROOT / "scripts" / "embedded"
 
 
 def dry(table: str, tmp_path: Path, **env: str) -> list[str]:
+    results = tmp_path / "r"
+    before = sorted(results.rglob("*")) if results.exists() else None
     done = subprocess.run(
         ["bash", str(SCRIPTS / f"{table}.sh"), "--dry-run"],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "RESULTS": str(tmp_path / "r"), **env},
+        env={"PATH": "/usr/bin:/bin", "RESULTS": str(results), **env},
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+    assert (sorted(results.rglob("*")) if results.exists() else None) == before  # a dry run writes nothing
     return [line[2:] for line in done.stdout.splitlines() if line.startswith("+ ")]
 
 
@@ -121,18 +123,10 @@ def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path
         checkpoint.mkdir(parents=True)
         if complete:
             (checkpoint / "training_state.pt").write_bytes(b"")
-    done = subprocess.run(
-        ["bash", str(SCRIPTS / "table1.sh"), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "RESULTS": str(tmp_path / "r"), "VISION": "0", "PAPER_SHAPE": "1"},
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
     kd = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("+ ") and "--distill True" in line:
-            args = line[2:].split()
+    for line in dry("table1", tmp_path, VISION="0", PAPER_SHAPE="1"):
+        if "--distill True" in line:
+            args = line.split()
             kd[Path(args[args.index("--output_dir") + 1]).relative_to(models).as_posix()] = args
     assert sorted(kd) == ["minilm/emulator-distilled", "mpnet/emulator-distilled", "mpnet/sub-distilled"]
     resumed = kd["mpnet/sub-distilled"]
