@@ -270,35 +270,51 @@ def same_metrics(a: list[dict], b: list[dict]) -> None:
         assert ra["bytes_sent_cumulative"] == rb["bytes_sent_cumulative"]
 
 
+SIGNAL_RUN_ROUNDS = 10  # long enough that a signal sent a few round-times after round 2 lands inside a round
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(assets, tmp_path_factory) -> list[dict]:
-    """FedPETuning, 5 rounds with an exponential lr decay: the reference for the stopped and extended runs."""
+    """FedPETuning, SIGNAL_RUN_ROUNDS rounds with an exponential lr decay (its schedule does not depend on
+    --num_rounds): the reference for the stopped run and, by its first rounds, for the extended one."""
     cwd = tmp_path_factory.mktemp("whole")
-    done = fedtune(cwd, fed_args(assets, "--num_rounds", "5"))
+    done = fedtune(cwd, fed_args(assets, "--num_rounds", str(SIGNAL_RUN_ROUNDS)))
     assert done.returncode == 0, done.stderr
     return metrics(run_folder(cwd))
+
+
+def metrics_lines(cwd: Path) -> int:
+    found = list((cwd / "fed-result").glob("*/*/*/metrics.jsonl"))
+    return len(found[0].read_text().splitlines()) if found else 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_round_stops_cleanly_and_resume_gives_the_uninterrupted_metrics(
     assets, uninterrupted, tmp_path, signum
 ):
+    """The signal comes at a random moment between 0 and 3 round-times after round 2 is written (the round time
+    is measured on this machine, round 2 itself), so it lands in round 3 to 6 of 10 however fast the machine is."""
     seed = random.randrange(10**6)
-    moment = random.Random(seed).uniform(0.0, 0.6)
-    args = fed_args(assets, "--num_rounds", "5")
+    share = random.Random(seed).uniform(0.0, 3.0)
+    args = fed_args(assets, "--num_rounds", str(SIGNAL_RUN_ROUNDS))
     process = subprocess.Popen(
         [sys.executable, str(FEDTUNE), *args], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True
     )
-    metrics_file = None
+    written = {}  # metrics lines (round 0 is the first) -> when they were first seen
     deadline = time.time() + 300
-    while metrics_file is None and time.time() < deadline and process.poll() is None:
-        found = list((tmp_path / "fed-result").glob("*/*/*/metrics.jsonl"))
-        metrics_file = found[0] if found and len(found[0].read_text().splitlines()) >= 2 else None
-        time.sleep(0.02)
-    time.sleep(moment)  # somewhere in round 2 or later
+    while len(written) < 2 and time.time() < deadline and process.poll() is None:
+        lines = metrics_lines(tmp_path)
+        if lines in (2, 3) and lines not in written:
+            written[lines] = time.monotonic()
+        time.sleep(0.005)
+    assert set(written) == {2, 3}, f"rounds 1 and 2 were not both seen while the run went on: {sorted(written)}"
+    round_time = written[3] - written[2]
+    moment = share * round_time
+    time.sleep(moment)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=300)
-    context = f"seed {seed}, {moment:.3f} s after round 1\n{stderr[-3000:]}"
+    context = f"seed {seed}, {moment:.3f} s ({share:.2f} round-times of {round_time:.3f} s) after round 2\n"
+    context += stderr[-3000:]
     assert process.returncode == 128 + signum, context
     (line,) = errors(stderr)
     assert f"interrupted by {signal.Signals(signum).name} during round" in line and "--resume True" in line, context
@@ -320,7 +336,7 @@ def test_a_finished_run_is_extended_where_the_schedule_allows_it(assets, uninter
     folders = sorted(p.parent for p in (tmp_path / "fed-result").glob("*/*/*/metrics.jsonl"))
     assert [p.name.split("-rounds")[1][0] for p in folders] == ["3", "5"]
     assert (folders[0] / "metrics.jsonl").read_text() == before  # the 3-round run is kept as it was
-    same_metrics(metrics(folders[1]), uninterrupted)
+    same_metrics(metrics(folders[1]), uninterrupted[:6])  # rounds 0-5 of the longer reference
     assert json.loads((folders[1] / "summary.json").read_text())["finished"]
 
 
