@@ -454,6 +454,9 @@ def header_line(root: Path, table: str, runs: pd.DataFrame, shared: int) -> str:
         f"seeds {_values(own['seed'])}; rounds {_values(own['rounds'])}; clients {_values(own['num_clients'])}, "
         f"{_values(own['proportion'])} of them per round"
     )
+    seconds = own.loc[own["finished"], "wall_seconds"].dropna()
+    if len(seconds):
+        line += f"; run time {seconds.sum() / 60:.0f} min ({len(seconds)} runs, their round times summed)"
     return line + (f"; cells shared with Table 1 (†): {shared}" if shared else "")
 
 
@@ -531,7 +534,8 @@ LEGEND = (
     "model to every client; client params in Mi = 2**20 encoder-layer parameters. Orderings: judged on the "
     "final-round means; a difference is *within noise* when it does not exceed the larger seed std of the two cells "
     "(noise unknown with a single seed); ✗ marks a link that does not hold; [paper: …] is the same ordering judged "
-    "on the paper's own numbers."
+    "on the paper's own numbers. † = the cell shows Table 1's runs of the same training (its table skips them when "
+    "Table 1 has them; only when they are evaluated differs, which changes no final number)."
 )
 
 

@@ -137,3 +137,63 @@ def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path
     fresh = kd["mpnet/emulator-distilled"]
     assert "--overwrite" not in fresh and "--resume_from_checkpoint" not in fresh
     assert all(a[a.index("--save_total_limit") + 1] == "1" for a in kd.values())
+
+
+def _finish_table1_runs(tmp_path: Path, methods: tuple[str, ...]) -> dict[tuple[str, str], Path]:
+    """Table 1's bbc-pairs runs of `methods` as finished run folders, written where fedtune.py would put them, with
+    the config.json it would record (from the dry run's own command lines); {(method, seed): folder}."""
+    import json
+    import shlex
+
+    from federated_proxy_finetuning.fedtune import parse_settings
+    from sub_model_construct.settings import as_flags
+
+    folders = {}
+    for line in dry("table1", tmp_path, VISION="0"):
+        argv = shlex.split(line)
+        if not argv[1].endswith("fedtune.py"):
+            continue
+        s = parse_settings(argv[2:], "text")
+        method = Path(s.output_root).name
+        if s.task_name != "bbc-pairs" or method not in methods:
+            continue
+        folder = Path(s.output_root) / s.task_name / s.model_name / s.run_name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"args": as_flags(s)}))
+        (folder / "summary.json").write_text(json.dumps({"finished": True}))
+        folders[method, str(s.seed)] = folder
+    assert len(folders) == 3 * len(methods)
+    return folders
+
+
+def test_tables_3_and_4_borrow_table1s_finished_runs_of_the_same_training(tmp_path):
+    folders = _finish_table1_runs(tmp_path, ("FedOT", "FedPFT"))
+    table3 = {cell(f, tmp_path) for f in runs(dry("table3", tmp_path))}
+    assert table3 == {f"table3/minilm/bbc-pairs/iid/{m}" for m in ("FedPFT_N", "FedPFT_B", "FedPFT_D")}
+    table4 = {cell(f, tmp_path).split("/")[3] for f in runs(dry("table4", tmp_path))}
+    assert table4 == {"t5", "t20", "p0.3", "p0.8"}
+    # one seed unfinished: the table runs that cell itself, every seed, under its own root
+    (folders["FedPFT", "3"] / "summary.json").write_text('{"finished": false}')
+    fed = runs(dry("table3", tmp_path))
+    own = sorted(f["--seed"] for f in fed if cell(f, tmp_path) == "table3/minilm/bbc-pairs/iid/FedPFT")
+    assert own == ["1", "2", "3"] and "table3/minilm/bbc-pairs/iid/FedOT" not in {cell(f, tmp_path) for f in fed}
+    # a training flag recorded differently (not one the run name shows) is not the same training
+    import json
+
+    config = folders["FedOT", "2"] / "config.json"
+    recorded = json.loads(config.read_text())
+    recorded["args"]["max_length"] = 64
+    config.write_text(json.dumps(recorded))
+    assert "table3/minilm/bbc-pairs/iid/FedOT" in {cell(f, tmp_path) for f in runs(dry("table3", tmp_path))}
+    # more seeds than Table 1 has: run here
+    assert "t10" in {cell(f, tmp_path).split("/")[3] for f in runs(dry("table4", tmp_path, SEEDS="1 2 3 4"))}
+
+
+def test_same_run_compares_training_flags_and_paths_by_their_last_two_parts():
+    from scripts.same_run import differences
+
+    here = {"sub_model_checkpoint": "/work/a/results/embedded/models/minilm/sub-distilled", "seed": 1}
+    there = {"sub_model_checkpoint": "/home/u/b/results/embedded/models/minilm/sub-distilled", "seed": 1}
+    assert differences({**here, "eval_interval": 1}, {**there, "eval_interval": 5}) == []
+    assert differences(here, {**there, "sub_model_checkpoint": "/x/minilm/sub-other"}) == ["sub_model_checkpoint"]
+    assert differences(here, {**there, "seed": 2, "lora_rank": 8}) == ["lora_rank", "seed"]

@@ -172,6 +172,8 @@ def test_markdown_cells_paper_numbers_and_missing_fields(tree, runs):
     assert "BERT 83.9 · RoBERTa 85.3" in rows["minilm", "bbc-pairs (≈ QNLI)", "IID †", "FedOT"]  # shared with Table 1
     assert "BERT 87.4 · RoBERTa 87.8" in rows["minilm", "bbc-pairs (≈ QNLI)", "p=0.3", "FedPFT"]  # Table 4
     assert "`table1`: 15 runs found, 14 finished; seeds 1/2/3; rounds 4; clients 20, 0.2 of them per round" in text
+    # 13 finished runs with a logged time of 12.5 s (the bare run has none, the unfinished one is left out)
+    assert "of them per round; run time 3 min (13 runs, their round times summed)" in text.split("`table1`")[1]
     assert "`table3`: 18 runs found, 18 finished" in text and "cells shared with Table 1 (†): 1" in text
 
 

@@ -159,26 +159,50 @@ method_flags() {  # method_flags <model> <method>: the flags that make a method 
     esac
 }
 
-cell() {  # cell <table> <model> <task> <setting> <method> <extra fedtune flags...>: every seed of one table cell
-    local table="$1" model="$2" task="$3" setting="$4" method="$5"; shift 5
-    local out="$RESULTS/$table/$model/$task/$setting/$method" flags seed
+fedtune_command() {  # fedtune_command <model> <task> <method> <seed> <output root> <extra flags...>: sets COMMAND
+    local model="$1" task="$2" method="$3" seed="$4" out="$5" flags; shift 5
     # shellcheck disable=SC2207
     flags=($(method_flags "$model" "$method"))
+    if [ "$task" = mnist ]; then
+        COMMAND=("$PY" federated_proxy_finetuning/fedtune_cv.py --model_checkpoint "${FM_PATH[$model]}"
+            --task_name mnist --dataset_path datasets/mnist "${FL_IMAGE[@]}" --num_rounds "$ROUNDS"
+            "${flags[@]}" --seed "$seed" --output_root "$out" --task_root "$WORK/task"
+            --cache_dir "$WORK/cache" --resume auto "$@")
+    else
+        COMMAND=("$PY" federated_proxy_finetuning/fedtune.py --model_checkpoint "${FM_PATH[$model]}"
+            --task_name "$task" --dataset_path datasets --max_length "${MAX_LENGTH[$task]}" "${FL_TEXT[@]}"
+            --num_rounds "$ROUNDS" "${flags[@]}" --seed "$seed" --output_root "$out"
+            --task_root "$WORK/task" --cache_dir "$WORK/cache" --resume auto "$@")
+    fi
+}
+
+cell() {  # cell <table> <model> <task> <setting> <method> <extra fedtune flags...>: every seed of one table cell
+    local table="$1" model="$2" task="$3" setting="$4" method="$5"; shift 5
+    local out="$RESULTS/$table/$model/$task/$setting/$method" seed
     for seed in $SEEDS; do
         echo "== $table $model $task $setting $method seed $seed"
-        local log="$table/$model/$task/$setting/$method-seed$seed"
-        if [ "$task" = mnist ]; then
-            run_job "$log" "$PY" federated_proxy_finetuning/fedtune_cv.py --model_checkpoint "${FM_PATH[$model]}" \
-                --task_name mnist --dataset_path datasets/mnist "${FL_IMAGE[@]}" --num_rounds "$ROUNDS" \
-                "${flags[@]}" --seed "$seed" --output_root "$out" --task_root "$WORK/task" \
-                --cache_dir "$WORK/cache" --resume auto "$@"
-        else
-            run_job "$log" "$PY" federated_proxy_finetuning/fedtune.py --model_checkpoint "${FM_PATH[$model]}" \
-                --task_name "$task" --dataset_path datasets --max_length "${MAX_LENGTH[$task]}" "${FL_TEXT[@]}" \
-                --num_rounds "$ROUNDS" "${flags[@]}" --seed "$seed" --output_root "$out" \
-                --task_root "$WORK/task" --cache_dir "$WORK/cache" --resume auto "$@"
-        fi
+        fedtune_command "$model" "$task" "$method" "$seed" "$out" "$@"
+        run_job "$table/$model/$task/$setting/$method-seed$seed" "${COMMAND[@]}"
     done
+}
+
+shared_cell() {  # shared_cell <table> <model> <task> <setting> <method> <extra flags...>: a cell whose training is
+    # that of Table 1's IID cell of the same model, task and method (Table 3's FedOT and FedPFT, Table 4's t = 10,
+    # p = 0.5; only when they evaluate differs, which changes no number). When Table 1 has finished it for every
+    # seed with the same flags (scripts/same_run.py), nothing runs: make_tables and the plots show Table 1's runs in
+    # this table, marked †. Otherwise the table runs the cell itself, every seed, under its own root.
+    local table="$1" model="$2" task="$3" setting="$4" method="$5"; shift 5
+    local source="$RESULTS/table1/$model/$task/iid/$method" seed modality=text check=()
+    if [ "$task" = mnist ]; then modality=image; fi
+    for seed in $SEEDS; do  # the flags of each seed's run under Table 1's root, separated by --
+        fedtune_command "$model" "$task" "$method" "$seed" "$source" "$@"
+        check+=(${check[0]+--} "${COMMAND[@]:2}")
+    done
+    if [ -d "$source" ] && "$PY" scripts/same_run.py "$modality" "${check[@]}" 2>/dev/null; then
+        echo "== $table $model $task $setting $method: Table 1's finished runs, seeds $SEEDS (same training; shown †)"
+        return 0
+    fi
+    cell "$table" "$model" "$task" "$setting" "$method" "$@"
 }
 
 table_done() {  # table_done <started> <table>: wait for the runs, then the table's markdown from the finished runs
