@@ -46,6 +46,13 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
         )
         memory = row["memory"]
         assert memory["peak_bytes"] >= memory["before_bytes"] > 0
+        if benchmark.glibc():  # a second child with freed memory returned
+            returned = memory["returned"]
+            assert returned["peak_bytes"] >= returned["before_bytes"] > 0
+            assert (
+                row["memory_returned_ratio_to_fm"]
+                == returned["peak_bytes"] / models["fm"]["memory"]["returned"]["peak_bytes"]
+            )
     # the sub-FM's parameters are fewer, and the child process saw exactly them (with LoRA and head)
     assert models["sub"]["memory"]["parameter_bytes"] < models["fm"]["memory"]["parameter_bytes"]
     target = setting["targets"]["train_step_ratio_at_most_flop_ratio_plus_0.03"]
@@ -53,6 +60,8 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     text = out.with_suffix(".md").read_text()
     assert text in capsys.readouterr().out
     assert "| sub-FM (FedPFT) |" in text and "Target sub-FM/FM training step" in text
+    if benchmark.glibc():
+        assert "freed memory returned (ratio)" in text and "With freed memory returned to the system" in text
 
 
 def test_operator_profile_groups_every_operator_once(tmp_path):
