@@ -292,6 +292,56 @@ def test_table2_dirichlet_settings(dry, results):
             assert flag(cmd, "--sub_model_checkpoint") == sub_fms(results, model)["emulator-distilled"]
 
 
+def finish_table1(results: Path, **env: str) -> dict[tuple[str, str, str], Path]:
+    """Table 1's QNLI FedOT and FedPFT runs as finished run folders where fedtune.py would write them, with the
+    config.json it would record (from the dry run's own command lines); {(model, method, seed): folder}."""
+    from federated_proxy_finetuning.fedtune import parse_settings
+    from sub_model_construct.settings import as_flags
+
+    folders = {}
+    for cmd in runs_of(commands("table1_iid.sh", results, **env), "fedtune.py"):
+        model, task, _, method = cell_of(cmd, results, "table1")
+        if task != "qnli" or method not in ("FedOT", "FedPFT"):
+            continue
+        s = parse_settings(cmd[[i for i, t in enumerate(cmd) if t.endswith("fedtune.py")][0] + 1 :], "text")
+        folder = Path(s.output_root) / s.task_name / s.model_name / s.run_name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"args": as_flags(s), "environment": {}}))
+        (folder / "summary.json").write_text(json.dumps({"finished": True}))
+        folders[model, method, str(s.seed)] = folder
+    return folders
+
+
+def test_tables_3_and_4_do_not_rerun_table1s_finished_runs(tmp_path):
+    results = tmp_path / "results"
+    folders = finish_table1(results, MODELS="roberta-base")
+    assert len(folders) == 2 * 3
+    done = dry_run("table3_ablation.sh", results, MODELS="roberta-base")
+    table3 = {
+        cell_of(c, results, "table3")[3]
+        for c in runs_of([shlex.split(x) for x in done.stdout.splitlines()], "fedtune.py")
+    }
+    assert table3 == {"FedPFT_N", "FedPFT_B", "FedPFT_D"}
+    assert "table3/roberta-base/qnli/iid/FedPFT: Table 1's finished runs (seeds 1 2 3)" in done.stderr
+    table4 = {
+        cell_of(c, results, "table4")[2]
+        for c in runs_of(commands("table4_parameters.sh", results, MODELS="roberta-base"), "fedtune.py")
+    }
+    assert table4 == {"t5", "t20", "p0.3", "p0.8"}
+    # a seed Table 1 lacks, or a different training flag: the table runs the cell itself, every seed
+    more = runs_of(commands("table4_parameters.sh", results, MODELS="roberta-base", SEEDS="1 2 3 4"), "fedtune.py")
+    assert sorted(flag(c, "--seed") for c in more if cell_of(c, results, "table4")[2] == "t10") == ["1", "2", "3", "4"]
+    config = folders["roberta-base", "FedOT", "2"] / "config.json"
+    recorded = json.loads(config.read_text())
+    recorded["args"]["lora_alpha"] = 16.0
+    config.write_text(json.dumps(recorded))
+    table3 = {
+        cell_of(c, results, "table3")[3]
+        for c in runs_of(commands("table3_ablation.sh", results, MODELS="roberta-base"), "fedtune.py")
+    }
+    assert "FedOT" in table3 and "FedPFT" not in table3
+
+
 # ------------------------------------------------------------------------------------------------ distillation
 def test_emulator_is_distilled_with_the_sub_fm_budget(dry, results):
     distills = runs_of(dry["table1"], "distill.py")

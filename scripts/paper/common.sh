@@ -19,6 +19,8 @@
 #   MODELS, TASKS     FM folder names under $PRETRAINED and GLUE tasks (defaults per table).
 #   RESULTS (results/paper)   cell (table, model, task, setting, method) -> fedtune --output_root
 #                     $RESULTS/table{N}/<model>/<task>/<setting>/<method>/; no two tables share a run folder.
+#                     Table 3's FedOT and FedPFT and Table 4's t10 are Table 1's runs when it has finished them
+#                     (from_table1): run table1_iid.sh first and they are not run twice.
 #   SUB_FMS ($RESULTS/models) sub-FMs and FedOT emulators, built once and reused by every table.
 #   PRETRAINED (pretrain_models), DATA (datasets)   the paper's assets.
 #   PORT (25000)      accelerate --main_process_port.   NUM_PROC (nproc) corpus tokenisation processes.
@@ -141,11 +143,44 @@ FL_COMMON=(--num_rounds "$ROUNDS" --num_clients 100 --proportion 0.1 --learning_
     --distill_dataset1_path "$DATA/bookcorpus" --distill_dataset2_path "$DATA/wikipedia"
     --task_root "$RESULTS/.work/task" --cache_dir "$RESULTS/.work/cache" --resume auto)
 
-fedtune() {  # fedtune <table> <model> <task> <setting> <method> <seed> <flags...>: one seed of one table cell
+fedtune_args() {  # fedtune_args <table> <model> <task> <setting> <method> <seed> <flags...>: sets ARGS (fedtune.py's)
     local table="$1" model="$2" task="$3" setting="$4" method="$5" seed="$6"
     shift 6
-    launch "$root/federated_proxy_finetuning/fedtune.py" --model_checkpoint "$PRETRAINED/$model" --task_name "$task" \
-        "${FL_COMMON[@]}" --seed "$seed" --output_root "$RESULTS/$table/$model/$task/$setting/$method" "$@"
+    ARGS=(--model_checkpoint "$PRETRAINED/$model" --task_name "$task" "${FL_COMMON[@]}" --seed "$seed"
+        --output_root "$RESULTS/$table/$model/$task/$setting/$method" "$@")
+}
+
+fedtune() {  # fedtune <table> <model> <task> <setting> <method> <seed> <flags...>: one seed of one table cell
+    fedtune_args "$@"
+    launch "$root/federated_proxy_finetuning/fedtune.py" "${ARGS[@]}"
+}
+
+# Table 3's FedOT and FedPFT and Table 4's t10 train exactly as Table 1's IID cell of the same model, task and
+# method. When Table 1 has finished that cell for every seed with the same flags (scripts/same_run.py compares each
+# run's config.json), the later table does not run it again, and make_tables shows Table 1's runs there (†);
+# otherwise it runs every seed of the cell under its own root.
+declare -A FROM_TABLE1=()
+from_table1() {  # from_table1 <table> <model> <task> <setting> <method> <flags...>: true when Table 1's runs serve
+    local key="$1/$2/$3/$4/$5" model="$2" task="$3" method="$5" seed check=()
+    shift 5
+    if [ -z "${FROM_TABLE1[$key]:-}" ]; then
+        FROM_TABLE1[$key]=no
+        if [ -d "$RESULTS/table1/$model/$task/iid/$method" ]; then
+            for seed in $SEEDS; do  # each seed's flags under Table 1's root, separated by --
+                fedtune_args table1 "$model" "$task" iid "$method" "$seed" "$@"
+                check+=(${check[0]+--} "${ARGS[@]}")
+            done
+            if "$PY" "$root/scripts/same_run.py" text "${check[@]}" 2>/dev/null; then
+                FROM_TABLE1[$key]=yes
+                note "$key: Table 1's finished runs (seeds $SEEDS) train the same; not run again (shown †)"
+            fi
+        fi
+    fi
+    [ "${FROM_TABLE1[$key]}" = yes ]
+}
+
+shared_fedtune() {  # shared_fedtune <table> <model> <task> <setting> <method> <seed> <flags...>: fedtune, unless
+    from_table1 "$1" "$2" "$3" "$4" "$5" "${@:7}" || fedtune "$@"  # Table 1's runs serve (from_table1)
 }
 
 collect() {  # collect <table>: the table as mean ± std over seeds beside the paper's numbers

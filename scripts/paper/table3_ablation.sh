@@ -21,11 +21,12 @@ for seed in $SEEDS; do
         for task in $TASKS; do
             cell=(table3 "$model" "$task" iid)
             pft=(--partitioner iid --method pft --align_retained_ratio 0.5)
-            fedtune "${cell[@]}" FedOT "$seed" --partitioner iid --method fedot --sub_model_checkpoint "$emulator"
+            shared_fedtune "${cell[@]}" FedOT "$seed" --partitioner iid --method fedot --sub_model_checkpoint "$emulator"
             fedtune "${cell[@]}" FedPFT_N "$seed" "${pft[@]}" --sub_model_checkpoint "$plain" --align_interval 0
             fedtune "${cell[@]}" FedPFT_B "$seed" "${pft[@]}" --sub_model_checkpoint "$plain-distilled" --align_interval 0
             fedtune "${cell[@]}" FedPFT_D "$seed" "${pft[@]}" --sub_model_checkpoint "$plain" --align_interval 10
-            fedtune "${cell[@]}" FedPFT "$seed" "${pft[@]}" --sub_model_checkpoint "$plain-distilled" --align_interval 10
+            shared_fedtune "${cell[@]}" FedPFT "$seed" "${pft[@]}" --sub_model_checkpoint "$plain-distilled" \
+                --align_interval 10
         done
     done
 done

@@ -18,7 +18,9 @@ for seed in $SEEDS; do
         for task in $TASKS; do
             for row in "${SETTINGS[@]}"; do
                 read -r setting interval retained <<<"$row"
-                fedtune table4 "$model" "$task" "$setting" FedPFT "$seed" --partitioner iid --method pft \
+                run_cell=fedtune
+                if [ "$setting" = t10 ]; then run_cell=shared_fedtune; fi  # Table 1's FedPFT when finished
+                "$run_cell" table4 "$model" "$task" "$setting" FedPFT "$seed" --partitioner iid --method pft \
                     --sub_model_checkpoint "$sub" --align_interval "$interval" --align_retained_ratio "$retained"
             done
         done
