@@ -325,6 +325,8 @@ def report(s: DistillSettings, kd: LayerKD, result: dict, errors: dict, params: 
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     io.atomic_write_json(out / "distill_summary.json", summary)
+    if not s.keep_checkpoints:  # they only serve a resume, and a finished distillation is reused, never resumed
+        io.prune_checkpoints(out, CHECKPOINT_PREFIX, set())
     print(
         f"held-out normalised hidden MSE: {errors['before']:.4f} -> {errors['after']:.4f} over {errors['items']} "
         f"items; {total} steps, {summary['seconds_per_step']:.2f} s/step; distilled sub-FM in {out}"

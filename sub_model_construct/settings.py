@@ -304,6 +304,9 @@ class DistillSettings:
     save_total_limit: int = option(
         0, "keep only the newest N checkpoint-<step> folders, removing older ones (0 = keep all)", valid=NON_NEGATIVE
     )
+    keep_checkpoints: bool = option(
+        True, "keep the checkpoint-<step> folders once the distilled sub-FM is written (False: remove them then)"
+    )
     resume_from_checkpoint: str | None = option(None, "a checkpoint-<step> folder, or True for the latest")
     eval_blocks: int = option(64, "held-out corpus items for the before/after MSE report", valid=NON_NEGATIVE)
     seed: int = option(123, "seed of the corpus order, crops and initial draws", valid=SEED)

@@ -158,7 +158,7 @@ def vit_chain(assets, cwd: Path) -> dict:
 
 def roberta_run(assets, cwd: Path) -> dict:
     shutil.copy(assets["corpus"], cwd / "corpus.txt")
-    args = text_args(assets, "roberta", "--save_steps", "0", "--distill_alpha", "0.01")
+    args = text_args(assets, "roberta", "--save_steps", "1", "--keep_checkpoints", "False", "--distill_alpha", "0.01")
     return {"result": run_script(DISTILL, args, cwd), "cwd": cwd}
 
 
@@ -361,7 +361,8 @@ def test_roberta_family_distils(runs):
     out = cwd / "sub_model" / (name + DISTILLED_SUFFIX.format(corpus="corpus.txt", alpha="0.01"))
     summary = json.loads((out / "distill_summary.json").read_text())
     assert summary["heldout_hidden_nmse_after"] < summary["heldout_hidden_nmse_before"]
-    assert not list(out.glob("checkpoint-*"))  # --save_steps 0
+    assert summary["steps"] > 1  # so checkpoints were written (every step) ...
+    assert not list(out.glob("checkpoint-*"))  # ... and removed once the run finished (--keep_checkpoints False)
     model = load_sub_model(out)
     assert model.config.model_type == "roberta" and model.config.ffn_widths == [tiny.FFN, 16, 16, tiny.FFN]
 

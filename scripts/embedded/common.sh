@@ -83,10 +83,10 @@ declare -A EMULATOR=([minilm]=2 [mpnet]=5 [vit-tiny]=2)
 # distillation budget, identical for the sub-FM and the FedOT emulator (the fairness rule)
 TEXT_KD=(--dataset1_path datasets/bbc-corpus --dataset2_path '' --block_size 128 --per_device_train_batch_size 16
     --gradient_accumulation_steps 2 --learning_rate 6e-4 --lr_scheduler_type linear --warm_up_ratio 0.048
-    --distill_epoch 1 --distill_alpha 0.01 --save_steps 0.1 --save_total_limit 1)
+    --distill_epoch 1 --distill_alpha 0.01 --save_steps 0.1 --save_total_limit 1 --keep_checkpoints False)
 IMAGE_KD=(--distill_dataset_path datasets/fashion-mnist --per_device_train_batch_size 64
     --gradient_accumulation_steps 1 --learning_rate 1e-3 --lr_scheduler_type linear --distill_epoch 1
-    --max_steps 150 --save_steps 0.1 --save_total_limit 1)
+    --max_steps 150 --save_steps 0.1 --save_total_limit 1 --keep_checkpoints False)
 
 sub_fm() {  # sub_fm <model> [distilled]: folder of the sub-FM
     local name

@@ -104,8 +104,8 @@ EMULATOR_SHAPE=(--emulator_layers 5 --adapter_layers 1 1)
 # linear, warm-up 0.048, 5 epochs, alpha 0.01. The FedOT emulator gets exactly the same budget.
 DISTILL=(--distill True --per_device_train_batch_size 32 --gradient_accumulation_steps $((32 / GPUS))
     --learning_rate 6e-4 --lr_scheduler_type linear --warm_up_ratio 0.048 --distill_epoch 5 --distill_alpha 0.01
-    --logging_steps 0.05 --save_steps 0.1 --save_total_limit 1 --dataset1_path "$DATA/bookcorpus"
-    --dataset2_path "$DATA/wikipedia" --num_proc "$NUM_PROC")
+    --logging_steps 0.05 --save_steps 0.1 --save_total_limit 1 --keep_checkpoints False
+    --dataset1_path "$DATA/bookcorpus" --dataset2_path "$DATA/wikipedia" --num_proc "$NUM_PROC")
 
 # distill.py writes the undistilled model to <--sub_model_dir>/<name> (spec §2.7) and the distilled one to
 # --output_dir, which these scripts set to <undistilled>-distilled.
