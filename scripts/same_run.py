@@ -2,14 +2,16 @@
 
     python scripts/same_run.py {text|image} <fedtune flags of run 1> [-- <fedtune flags of run 2> ...]
 
-Exit 0 when, for each set of flags, the run folder they name (`<output_root>/<task>/<client model>/<run name>`, as fedtune.py and
-fedtune_cv.py make it) holds a finished run whose config.json records the same value for every flag, except those
-that only decide what is evaluated when or where files go (IGNORED); exit 1 otherwise, with the reasons on stderr.
-Paths are compared by their last two parts, so results moved to another checkout still match.
+Exit 0 when, for each set of flags, the run folder they name (`<output_root>/<task>/<client model>/<run name>`, as
+fedtune.py and fedtune_cv.py make it) holds a finished run whose config.json records the same value for every flag,
+except those that only decide when it evaluates, where files go or how it was started (IGNORED); exit 1 otherwise,
+with the reasons on stderr. Paths are compared by their last two parts, so results moved to another checkout still
+match.
 
-The embedded table scripts use it for the cells that Tables 3 and 4 share with Table 1 (same method, task, seeds
-and training flags; only the evaluation schedule differs, which does not change a run's numbers): when Table 1
-has finished them, the table skips them and make_tables and the plots show Table 1's runs there (marked †).
+The table scripts (scripts/embedded/common.sh: shared_cell; scripts/paper/common.sh: from_table1) use it for the
+cells that Tables 3 and 4 share with Table 1 (same method, task, seeds and training flags; at most the evaluation
+schedule differs, which does not change a run's numbers): when Table 1 has finished them, the later table skips
+them, and make_tables and the plots show Table 1's runs there (marked †).
 """
 
 from __future__ import annotations
