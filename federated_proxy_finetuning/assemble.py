@@ -266,7 +266,7 @@ def check_outputs(s: FedSettings, run: RunFolder, fm_peft, client, aligner) -> N
 
 
 def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | None:
-    run = RunFolder(Path(s.output_root) / s.task_name / s.model_name / s.run_name, accelerator.is_main_process)
+    run = RunFolder(s.run_path, accelerator.is_main_process)
     run.lock.check()  # a run folder in use by another run is refused whatever the flags
     decided = resolve_resume(s, run)
     if decided is None:

@@ -9,6 +9,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from sub_model_construct.cli import FETCH_HINT, UsageError, str2bool
 from sub_model_construct.families import UnsupportedModelError, max_tokens
@@ -293,6 +294,11 @@ class FedSettings:
         if p.partitioner != "iid":
             name += f"-{p.partitioner}{p.dir_alpha if p.partitioner == 'dir' else p.diversity}"
         return name + f"-seed{self.seed}"
+
+    @cached_property
+    def run_path(self) -> Path:
+        """The run folder: `<output_root>/<task>/<client model>/<run name>` (spec §4.12)."""
+        return Path(self.output_root) / self.task_name / self.model_name / self.run_name
 
     @cached_property
     def model_name(self) -> str:

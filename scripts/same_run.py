@@ -72,7 +72,7 @@ def check(modality: str, argv: list[str]) -> str | None:
     from sub_model_construct.settings import as_flags
 
     settings = parse_settings(argv, modality)
-    folder = Path(settings.output_root) / settings.task_name / settings.model_name / settings.run_name
+    folder = settings.run_path
     try:
         summary = json.loads((folder / "summary.json").read_text())
         recorded = json.loads((folder / "config.json").read_text())["args"]

@@ -3,11 +3,15 @@ seeds, its own output root, `--resume auto`, and the method flags of spec §4.13
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "embedded"
@@ -142,26 +146,15 @@ def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path
 def _finish_table1_runs(tmp_path: Path, methods: tuple[str, ...]) -> dict[tuple[str, str], Path]:
     """Table 1's bbc-pairs runs of `methods` as finished run folders, written where fedtune.py would put them, with
     the config.json it would record (from the dry run's own command lines); {(method, seed): folder}."""
-    import json
-    import shlex
-
-    from federated_proxy_finetuning.fedtune import parse_settings
-    from sub_model_construct.settings import as_flags
-
     folders = {}
     for line in dry("table1", tmp_path, VISION="0"):
         argv = shlex.split(line)
-        if not argv[1].endswith("fedtune.py"):
+        if not argv[1].endswith("fedtune.py") or "--task_name bbc-pairs" not in line:
             continue
-        s = parse_settings(argv[2:], "text")
-        method = Path(s.output_root).name
-        if s.task_name != "bbc-pairs" or method not in methods:
+        if Path(argv[argv.index("--output_root") + 1]).name not in methods:
             continue
-        folder = Path(s.output_root) / s.task_name / s.model_name / s.run_name
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"args": as_flags(s)}))
-        (folder / "summary.json").write_text(json.dumps({"finished": True}))
-        folders[method, str(s.seed)] = folder
+        s, folder = tiny.write_finished_run(argv[2:])
+        folders[Path(s.output_root).name, str(s.seed)] = folder
     assert len(folders) == 3 * len(methods)
     return folders
 
@@ -178,8 +171,6 @@ def test_tables_3_and_4_borrow_table1s_finished_runs_of_the_same_training(tmp_pa
     own = sorted(f["--seed"] for f in fed if cell(f, tmp_path) == "table3/minilm/bbc-pairs/iid/FedPFT")
     assert own == ["1", "2", "3"] and "table3/minilm/bbc-pairs/iid/FedOT" not in {cell(f, tmp_path) for f in fed}
     # a training flag recorded differently (not one the run name shows) is not the same training
-    import json
-
     config = folders["FedOT", "2"] / "config.json"
     recorded = json.loads(config.read_text())
     recorded["args"]["max_length"] = 64

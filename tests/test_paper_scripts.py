@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sub_model_construct.sub_model import sub_model_name
+from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "scripts" / "paper"
@@ -295,19 +296,13 @@ def test_table2_dirichlet_settings(dry, results):
 def finish_table1(results: Path, **env: str) -> dict[tuple[str, str, str], Path]:
     """Table 1's QNLI FedOT and FedPFT runs as finished run folders where fedtune.py would write them, with the
     config.json it would record (from the dry run's own command lines); {(model, method, seed): folder}."""
-    from federated_proxy_finetuning.fedtune import parse_settings
-    from sub_model_construct.settings import as_flags
-
     folders = {}
     for cmd in runs_of(commands("table1_iid.sh", results, **env), "fedtune.py"):
         model, task, _, method = cell_of(cmd, results, "table1")
         if task != "qnli" or method not in ("FedOT", "FedPFT"):
             continue
-        s = parse_settings(cmd[[i for i, t in enumerate(cmd) if t.endswith("fedtune.py")][0] + 1 :], "text")
-        folder = Path(s.output_root) / s.task_name / s.model_name / s.run_name
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"args": as_flags(s), "environment": {}}))
-        (folder / "summary.json").write_text(json.dumps({"finished": True}))
+        script = next(i for i, token in enumerate(cmd) if token.endswith("fedtune.py"))
+        s, folder = tiny.write_finished_run(cmd[script + 1 :])
         folders[model, method, str(s.seed)] = folder
     return folders
 

@@ -143,3 +143,17 @@ def subprocess_env() -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def write_finished_run(argv: list[str], modality: str = "text"):
+    """A finished run folder for these fedtune flags, where fedtune would write it and with the config.json args it
+    would record (no training); returns (settings, folder)."""
+    from federated_proxy_finetuning.fedtune import parse_settings
+    from sub_model_construct.settings import as_flags
+
+    settings = parse_settings(argv, modality)
+    folder = settings.run_path
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"args": as_flags(settings)}))
+    (folder / "summary.json").write_text(json.dumps({"finished": True}))
+    return settings, folder
