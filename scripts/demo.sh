@@ -19,7 +19,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$vision" = 1 ]; then bash scripts/setup.sh; else bash scripts/setup.sh --no-vision; fi
-# defaults: 40 rounds for the text demo (about 5.5 minutes), 20 for the slower vision one
+# defaults: 40 rounds for the text demo (about 10 minutes on 2 cores, distillations included), 20 for the slower
+# vision one
 [ -n "$rounds" ] || { [ "$vision" = 1 ] && rounds=20 || rounds=40; }
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 py=.venv/bin/python
