@@ -67,6 +67,10 @@ def test_table1_cells_seeds_and_fedot_with_and_without_distillation(tmp_path):
     shape = r"--(layers_retained \S+ \S+|qk_rank \S+|intermediate_rank \S+|emulator_layers \S+|adapter_layers \S+ \S+|output_dir \S+)"
     strip = [re.sub(shape, "", k).split() for k in kd]
     assert len(kd) == 2 and strip[0] == strip[1]
+    # the FM is evaluated every round (the default interval), the client model only on request
+    assert all("--eval_interval" not in f and f["--eval_sub_model"] == "False" for f in fed)
+    assert {f["--proportion"] for f in fed} == {"0.1"}  # 2 of 20 clients per round, the paper's 10 %
+    assert {f["--eval_sub_model"] for f in runs(dry("table1", tmp_path, EVAL_SUB_MODEL="True"))} == {"True"}
 
 
 def test_table1_paper_shape_row_is_opt_in(tmp_path):

@@ -7,21 +7,24 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 started=$(date +%s)
 METHODS=(FedPETuning FedOT FedOT-noKD FedPFT)
+# the FM every round (the per-round curves and the best column); the sub-FM or emulator only with EVAL_SUB_MODEL=True
+# (no table or plot reads it, and on bbc-pairs it costs about a quarter of a run)
+EVAL=(--eval_sub_model "${EVAL_SUB_MODEL:-False}")
 require datasets/bbc-pairs "the embedded BBC data"
 build_models minilm
 for task in bbc bbc-pairs; do
-    for method in "${METHODS[@]}"; do cell table1 minilm "$task" iid "$method"; done
+    for method in "${METHODS[@]}"; do cell table1 minilm "$task" iid "$method" "${EVAL[@]}"; done
 done
 if [ "${VISION:-1}" = 1 ]; then
     require datasets/mnist "the MNIST task"
     build_models vit-tiny
     for method in "${METHODS[@]}"; do
-        ROUNDS="${VISION_ROUNDS:-20}" ALIGN_T=4 cell table1 vit-tiny mnist iid "$method"
+        ROUNDS="${VISION_ROUNDS:-20}" ALIGN_T=4 cell table1 vit-tiny mnist iid "$method" "${EVAL[@]}"
     done
 fi
 if [ "${PAPER_SHAPE:-0}" = 1 ]; then
     build_models mpnet
     for method in "${METHODS[@]}"; do SEEDS="${MPNET_SEEDS:-$SEEDS}" ROUNDS="${MPNET_ROUNDS:-20}" \
-        cell table1 mpnet bbc iid "$method"; done
+        cell table1 mpnet bbc iid "$method" "${EVAL[@]}"; done
 fi
 table_done "$started" table1
