@@ -4,9 +4,10 @@
 # MNIST, optionally all-mpnet-base-v2), on 2 CPU cores. Sourced by the table scripts.
 #
 # What is scaled from the paper (spec §7) and why: 20 clients with 2 per round (paper: 100 clients, the same 10 %;
-# 4 per round did not fit the set into about 3 hours here), ROUNDS rounds (paper: unknown, > 20), LoRA r=8 alpha=48, client
-# lr 8e-4 with linear decay, 1 local epoch, batch 16 (the paper's README settings); layer-level distillation for one epoch of the BBC public corpus (paper: 5 epochs of
-# BookCorpus + Wikipedia); alignment on 10 % of that corpus per alignment with a shorter accumulation schedule.
+# 4 per round did not fit the set into about 3 hours here), ROUNDS rounds (paper: unknown, > 20), LoRA r=8
+# alpha=48, client lr 8e-4 with linear decay, 1 local epoch, batch 16 (the paper's README settings); layer-level
+# distillation for one epoch of the BBC public corpus (paper: 5 epochs of BookCorpus + Wikipedia); alignment on
+# 10 % of that corpus per alignment with a shorter accumulation schedule.
 # Everything else (sub-FM rule, FedAvg, alignment rule, plug-in, evaluation on the FM) is the paper's.
 #
 # Rerun-safe: a finished run is skipped, an interrupted one resumed from its last round checkpoint (fedtune.py
@@ -31,7 +32,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $arg (use --dry-run)" >&2; exit 2 ;;
     esac
 done
