@@ -1,13 +1,15 @@
 """Markdown versions of the paper's four tables from finished experiment result folders, with the paper's numbers
-beside ours and each ordering the paper claims judged on our means.
+beside ours and each ordering the paper claims judged on paired per-seed differences.
 
-    python scripts/make_tables.py [--root results/embedded] [--tables 1 2 3 4] [--out FILE.md]
+    python scripts/make_tables.py [--root results/embedded] [--tables 1 2 3 4] [--out FILE.md] [--bullets]
 
 Layout read: <root>/table<N>/<model>/<task>/<setting>/<method>/ is one *cell*; below it the training program
 writes <task_name>/<model folder>/<run>-seed<S>/ with config.json, metrics.jsonl and summary.json. Only runs whose
-summary.json says finished=true enter the means; the others are counted as unfinished. The library functions
-(load_runs, cell_stats, table_cells, orderings, render) also serve scripts/plot_results.py, scripts/plots.ipynb and
-tests/test_make_tables.py.
+summary.json says finished=true enter the means and tests; the others are counted as unfinished. Each table is
+shown as its main block and, when present, the block of the earlier BBC proxy tasks; each block is one family of
+the Holm correction (federated_proxy_finetuning/report/verdicts.py). --bullets prints one sentence per judged
+claim instead of the tables. The library functions (load_runs, cell_stats, table_cells, orderings, render,
+verdict_bullets) also serve scripts/plot_results.py, scripts/plots.ipynb and tests/test_make_tables.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from federated_proxy_finetuning.report.verdicts import ALPHA, claim_verdict, format_p, judge_family, paired_t
+
 logger = logging.getLogger(__name__)
 
 CELL = ["table", "model", "task", "setting", "method"]
@@ -35,16 +39,23 @@ TABLE_TITLES = {
 }
 # display orders; anything else sorts after these, alphabetically
 MODELS = ("minilm", "mpnet", "vit-tiny", "bert-base-uncased", "roberta-base", "vit-base")
-TASKS = ("bbc", "bbc-pairs", "sst2", "qnli", "mnli", "qqp", "mnist", "cifar10")
+TASKS = ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs", "sst2", "qnli", "mnli", "qqp", "cifar10")
 METHODS = ("FedPETuning", "FedOT", "FedOT-noKD", "FedPFT_N", "FedPFT_B", "FedPFT_D", "FedPFT")
 SETTINGS = ("iid", "dir1", "dir5", "dir10", "t5", "t10", "t20", "p0.3", "p0.8")
 # t10 is the default run (t=10, p=0.5): it serves both the t=10 and the p=0.5 row of Table 4
 SETTING_LABELS = {"iid": "IID", "dir1": "α=1", "dir5": "α=5", "dir10": "α=10", "t5": "t=5", "t10": "t=10, p=0.5"}
 SETTING_LABELS |= {"t20": "t=20", "p0.3": "p=0.3", "p0.8": "p=0.8"}
 
-# Our stand-in tasks and the paper column each stands in for: BBC headline topics is single-sentence
-# classification like SST-2, BBC headline/body pairs is sentence-pair classification like QNLI.
-PAPER_TASK = {"bbc": "sst2", "bbc-pairs": "qnli", "sst2": "sst2", "qnli": "qnli", "mnli": "mnli", "qqp": "qqp"}
+# Our stand-in tasks and the paper column each stands in for: Wikipedia topics and BBC headline topics are
+# single-sentence classification like SST-2, Wikipedia and BBC sentence pairs are sentence-pair classification like
+# QNLI. The BBC tasks are the earlier proxies, shown as a second block of each table (BBC_TASKS).
+PAPER_TASK = {"wiki-topics": "sst2", "wiki-pairs": "qnli", "bbc": "sst2", "bbc-pairs": "qnli"}
+PAPER_TASK |= {"sst2": "sst2", "qnli": "qnli", "mnli": "mnli", "qqp": "qqp"}
+BBC_TASKS = ("bbc", "bbc-pairs")
+BLOCKS = ("main", "bbc")
+BBC_HEADING = (
+    "#### BBC block — the earlier proxy tasks bbc (≈ SST-2) and bbc-pairs (≈ QNLI), with 308-example evaluation sets"
+)
 TASK_LABELS = {"sst2": "SST-2", "qnli": "QNLI", "mnli": "MNLI-m", "qqp": "QQP"}
 # models of the paper's own layout: compare with that row only (other models are compared with both rows)
 PAPER_MODEL = {"bert-base-uncased": "BERT", "bert-base-cased": "BERT", "roberta-base": "RoBERTa"}
@@ -119,6 +130,8 @@ RUN_COLUMNS = CELL + [
     "best",
     "final_round",
     "best_round",
+    "one_class",
+    "predicted_counts",
     "rounds",
     "num_clients",
     "proportion",
@@ -169,19 +182,54 @@ def communicated_bytes(summary: dict, metrics: list[dict]) -> float | None:
     return None
 
 
+def evaluated_rounds(metrics: list[dict], metric: str) -> list[dict]:
+    """The metrics.jsonl records whose FM evaluation holds `metric`, in round order."""
+    return [record for record in metrics if metric in (record.get("fm") or {})]
+
+
+def best_after_round0(metrics: list[dict], metric: str) -> tuple[float | None, int | None]:
+    """(best FM `metric`, its first round) over evaluated rounds ≥ 1; round 0 is the untrained model."""
+    trained = [r for r in evaluated_rounds(metrics, metric) if (r.get("round") or 0) >= 1]
+    if not trained:
+        return None, None
+    best = max(trained, key=lambda r: r["fm"][metric])
+    return best["fm"][metric], best["round"]
+
+
+def predictions(metrics: list[dict], metric: str) -> tuple[bool | None, list[int] | None]:
+    """(one_class, predicted_counts) of the final evaluated round: the column sums of its confusion matrix (rows =
+    true label, columns = predicted label) of the split `metric` belongs to (eval_confusion for eval_accuracy,
+    eval_matched_confusion for eval_matched_accuracy); one_class is True when exactly one column is non-zero.
+    (None, None) when no confusion was recorded (older runs)."""
+    records = evaluated_rounds(metrics, metric)
+    fm = records[-1]["fm"] if records else {}
+    keys = [k for k in fm if k.endswith("_confusion") and metric.startswith(k.removesuffix("confusion"))]
+    if not keys:
+        return None, None
+    confusion = fm[max(keys, key=len)]
+    counts = [int(sum(column)) for column in zip(*confusion)]
+    return sum(c > 0 for c in counts) == 1, counts
+
+
 def run_record(root: Path, run: Path) -> dict | None:
-    """One run as a flat record; None when the folder is not at cell depth (<table>/<model>/<task>/<setting>/<method>/...)."""
+    """One run as a flat record; None when the folder is not at cell depth (<table>/<model>/<task>/<setting>/<method>/...).
+    best/best_round come from metrics.jsonl over rounds ≥ 1 (the summary's only when metrics.jsonl is missing)."""
     parts = run.relative_to(root).parts
     if len(parts) < len(CELL) + 1:
         logger.warning("ignoring %s: not below a <table>/<model>/<task>/<setting>/<method> cell", run)
         return None
-    config, summary = read_json(run / "config.json"), read_json(run / "summary.json")
+    config, summary, metrics = read_json(run / "config.json"), read_json(run / "summary.json"), read_metrics(run)
     args = config.get("args", {})
     metric = summary.get("metric") or f"eval_{config.get('metric_for_best_model', 'accuracy')}"
     seed = args.get("seed")
     if seed is None and (match := re.search(r"-seed(\d+)$", run.name)):
         seed = int(match.group(1))
-    best = summary.get("best_metric", (summary.get("best") or {}).get(metric))
+    if (run / "metrics.jsonl").is_file():
+        best, best_round = best_after_round0(metrics, metric)
+    else:
+        best = summary.get("best_metric", (summary.get("best") or {}).get(metric))
+        best_round = summary.get("best_round")
+    one_class, counts = predictions(metrics, metric)
     return {
         **dict(zip(CELL, parts)),
         "seed": seed,
@@ -190,13 +238,15 @@ def run_record(root: Path, run: Path) -> dict | None:
         "final": (summary.get("final") or {}).get(metric),
         "best": best,
         "final_round": summary.get("final_round"),
-        "best_round": summary.get("best_round"),
+        "best_round": best_round,
+        "one_class": one_class,
+        "predicted_counts": counts,
         "rounds": args.get("num_rounds", summary.get("rounds")),
         "num_clients": args.get("num_clients"),
         "proportion": args.get("proportion"),
         "client_params": config.get("client_encoder_layer_parameters", summary.get("client_encoder_layer_parameters")),
         "fm_params": config.get("fm_encoder_layer_parameters", summary.get("fm_encoder_layer_parameters")),
-        "bytes_total": communicated_bytes(summary, read_metrics(run)),
+        "bytes_total": communicated_bytes(summary, metrics),
         "shipping_bytes": (summary.get("communication") or {}).get("model_shipping_bytes"),
         "wall_seconds": summary.get("wall_seconds", summary.get("round_seconds")),
         "path": str(run),
@@ -211,14 +261,15 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     runs = pd.DataFrame([r for r in records if r is not None], columns=RUN_COLUMNS)
     runs[NUMERIC] = runs[NUMERIC].apply(pd.to_numeric, errors="coerce")
     runs["finished"] = runs["finished"].astype(bool)
+    runs["one_class"] = runs["one_class"].astype(object)  # True / False / None (not recorded)
     return runs
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
 def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
     """Per cell: n finished runs, unfinished count, mean and sample std of final and best accuracy (%), client
-    parameters (Mi = 2**20), MB communicated per run (1 MB = 1e6 bytes) and model shipping MB. Means use finished
-    runs only; the parameter count, a property of the configuration, uses every run."""
+    parameters (Mi = 2**20), MB communicated per run (1 MB = 1e6 bytes) and model shipping MB, plus the columns of
+    cell_seeds. Means use finished runs only; the parameter count, a property of the configuration, uses every run."""
     done = runs[runs["finished"]].groupby(CELL)
     stats = pd.DataFrame(
         {
@@ -241,7 +292,29 @@ def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
     stats = stats.join(extra, how="outer")
     stats[["n", "unfinished"]] = stats[["n", "unfinished"]].fillna(0).astype(int)
     stats["shared_from"] = ""
-    return stats.reset_index()
+    stats = stats.reset_index()
+    per_cell = {key: cell_seeds(group) for key, group in runs[runs["finished"]].groupby(CELL)}
+    for column, empty in cell_seeds(runs.iloc[:0]).items():
+        values = [per_cell.get(key, {}).get(column, empty) for key in stats[CELL].itertuples(index=False, name=None)]
+        stats[column] = pd.Series(values, index=stats.index, dtype=object)
+    known = stats["one_class_known"] == stats["n"]
+    stats["untestable"] = (stats["n"] > 0) & known & (stats["one_class_runs"] == stats["n"])
+    return stats
+
+
+def cell_seeds(done: pd.DataFrame) -> dict:
+    """Per-seed facts of one cell's finished runs: finals {seed: final accuracy %} (the paired tests' data),
+    one_class_runs / one_class_known (runs whose final evaluation predicted one class / whose predictions were
+    recorded) and best_rounds (the range of the runs' best rounds, e.g. "12–30")."""
+    known = done["one_class"].dropna()
+    usable = done.dropna(subset=["seed", "final"])
+    rounds = sorted(done["best_round"].dropna().astype(int).unique())
+    return {
+        "finals": dict(zip(usable["seed"].astype(int), usable["final"] * 100)),
+        "one_class_runs": int(known.astype(bool).sum()),
+        "one_class_known": len(known),
+        "best_rounds": "–".join(str(r) for r in dict.fromkeys(rounds[:1] + rounds[-1:])),
+    }
 
 
 def _order(values: pd.Series, known: tuple[str, ...]) -> pd.Series:
@@ -325,34 +398,6 @@ def _link_holds(a: float, op: str, b: float) -> bool:
     return a >= b if op == "≥" else a > b
 
 
-def judge_link(a: pd.Series | None, op: str, b: pd.Series | None) -> dict:
-    """Whether `a op b` holds on the final-round means, and whether the difference exceeds the seed noise, taken as
-    the larger sample std of the two cells (unknown when either cell has fewer than two finished runs)."""
-    if any(c is None or c["n"] == 0 or math.isnan(c["final_mean"]) for c in (a, b)):
-        return {"held": None}
-    diff = a["final_mean"] - b["final_mean"]
-    noise = max(a["final_std"], b["final_std"]) if min(a["n"], b["n"]) >= 2 else math.nan
-    return {
-        "held": _link_holds(a["final_mean"], op, b["final_mean"]),
-        "diff": diff,
-        "noise": noise,
-        "beyond_noise": None if math.isnan(noise) else abs(diff) > noise,
-    }
-
-
-def _verdict(links: list[dict]) -> tuple[str, str]:
-    """(held | not held | n/a, beyond noise | within noise | noise unknown | '') of a claim from its links."""
-    if any(link["held"] is None for link in links):
-        return "n/a", ""
-    deciding = [link for link in links if not link["held"]] or links  # a failed claim is judged on its failures
-    verdict = "held" if all(link["held"] for link in links) else "not held"
-    if any(link["beyond_noise"] is False for link in deciding):
-        return verdict, "within noise"
-    if any(link["beyond_noise"] is None for link in deciding):
-        return verdict, "noise unknown"
-    return verdict, "beyond noise"
-
-
 def _paper_verdicts(claim: Claim, table: str, group: dict) -> dict[str, str]:
     """{paper row: held | not held} of the claim on the paper's own numbers for the group's analogue."""
     found = {}
@@ -368,37 +413,73 @@ def _paper_verdicts(claim: Claim, table: str, group: dict) -> dict[str, str]:
     return found
 
 
-def orderings(cells: pd.DataFrame, table: str) -> list[dict]:
-    """Every claim of `table` judged in every group of its cells (see Claim); cells from table_cells."""
-    judged = []
+def block_of(task: str) -> str:
+    """The block of a table a task's cells belong to: "bbc" for the earlier BBC proxy tasks, else "main"."""
+    return "bbc" if task in BBC_TASKS else "main"
+
+
+def measure_link(a: pd.Series | None, b: pd.Series | None, names: tuple[str, str]) -> dict:
+    """The paired t-test of cell a against cell b (named `names`) on the seeds both have finished: per-seed
+    differences of final-round accuracy in percentage points, A_s - B_s."""
+    present = [c is not None and c["n"] > 0 for c in (a, b)]
+    finals = [c["finals"] if ok else {} for c, ok in zip((a, b), present)]
+    seeds = sorted(set(finals[0]) & set(finals[1]))
+    return {
+        "test": paired_t([finals[0][s] - finals[1][s] for s in seeds]),
+        "seeds": seeds,
+        "seed_sets": (sorted(finals[0]), sorted(finals[1])),
+        "missing": [name for name, ok in zip(names, present) if not ok],
+        "one_class": [name for name, c, ok in zip(names, (a, b), present) if ok and c["untestable"]],
+    }
+
+
+def _claim_groups(cells: pd.DataFrame, table: str):
+    """(claim, {fixed coordinate: value}, {name: cell}) for every claim of `table` and group of its cells."""
     for claim in CLAIMS.get(table, ()):
         fixed = [c for c in ("model", "task", "setting", "method") if c != claim.varies]
         names = {x for a, _, b in claim.links for x in (a, b)}
         for key, group in cells.groupby(fixed, sort=False):
-            if not names & set(group[claim.varies]):
-                continue
-            by_name = {row[claim.varies]: row for _, row in group.iterrows()}
-            links = [
-                judge_link(by_name.get(a), op, by_name.get(b))
-                | {"link": (a, op, b), "text": (claim.label(a), op, claim.label(b))}
-                for a, op, b in claim.links
-            ]
-            verdict, noise = _verdict(links)
-            where = dict(zip(fixed, key))
-            judged.append(
-                {
-                    "table": table,
-                    **where,
-                    "claim": claim.text,
-                    "verdict": verdict,
-                    "noise": noise,
-                    "missing": sorted(names - {n for n, r in by_name.items() if r["n"] > 0}),
-                    "links": links,
-                    "means": {n: by_name[n]["final_mean"] for n in names if n in by_name and by_name[n]["n"] > 0},
-                    "paper": _paper_verdicts(claim, table, where),
-                }
-            )
+            if names & set(group[claim.varies]):
+                yield claim, dict(zip(fixed, key)), {row[claim.varies]: row for _, row in group.iterrows()}
+
+
+def _judge_block(cells: pd.DataFrame, table: str, block: str) -> list[dict]:
+    """The claims of one block of `table`, its links Holm-corrected as one family (judge_family)."""
+    judged = []
+    for claim, where, by_name in _claim_groups(cells, table):
+        names = {x for a, _, b in claim.links for x in (a, b)}
+        links = [
+            {"link": (a, op, b), "text": (claim.label(a), op, claim.label(b))}
+            | measure_link(by_name.get(a), by_name.get(b), (claim.label(a), claim.label(b)))
+            for a, op, b in claim.links
+        ]
+        present = {n for n, r in by_name.items() if r["n"] > 0}
+        judged.append(
+            {"table": table, "block": block, **where, "claim": claim.text, "missing": sorted(names - present)}
+            | {"links": links, "means": {n: by_name[n]["final_mean"] for n in names & present}}
+            | {"paper": _paper_verdicts(claim, table, where)}
+        )
+    family = [link for j in judged for link in j["links"]]
+    outcomes = judge_family([(link["link"][1], link["test"], bool(link["one_class"])) for link in family])
+    for link, (holm_p, verdict) in zip(family, outcomes):
+        reason = verdict.reason
+        if verdict.verdict == "untestable":
+            reason = f"every run of {' and '.join(link['one_class'])} predicted one class"
+        elif link["missing"]:
+            reason = f"missing cell: {', '.join(link['missing'])}"
+        link |= {"holm_p": holm_p, "verdict": verdict.verdict, "reason": reason}
+    for j in judged:
+        j["verdict"] = claim_verdict([(link["link"][1], link["verdict"]) for link in j["links"]])
+        j["m"] = sum(link["holm_p"] is not None for link in family)
     return judged
+
+
+def orderings(cells: pd.DataFrame, table: str) -> list[dict]:
+    """Every claim of `table` judged in every group of its cells (see Claim; cells from table_cells): per link the
+    paired test on common seeds (measure_link), its Holm p within the link's block and its verdict; per claim the
+    combined verdict (claim_verdict), the block's family size m and the paper's verdicts."""
+    blocks = cells["task"].map(block_of)
+    return [j for block in BLOCKS for j in _judge_block(cells[blocks == block], table, block)]
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -460,11 +541,20 @@ def header_line(root: Path, table: str, runs: pd.DataFrame, shared: int) -> str:
     return line + (f"; cells shared with Table 1 (†): {shared}" if shared else "")
 
 
+def one_class_cell(cell: pd.Series) -> str:
+    """e.g. "0/3": runs whose final evaluation predicted one class, of those whose predictions were recorded."""
+    if cell["one_class_known"] == 0:
+        return "–"
+    unknown = cell["n"] - cell["one_class_known"]
+    return f"{cell['one_class_runs']}/{cell['one_class_known']}" + (f" ({unknown} not recorded)" if unknown else "")
+
+
 def cells_markdown(table: str, cells: pd.DataFrame) -> str:
-    head = ["model", "task", "setting", "method", "final acc % (n)", "best acc %", "paper %"]
-    head += ["client params (Mi)", "MB / run", "model shipping MB"]
+    head = ["model", "task", "setting", "method", "final acc % (n)", "best acc % (round ≥ 1)", "one-class runs"]
+    head += ["paper %", "client params (Mi)", "MB / run", "model shipping MB"]
     rows = []
     for _, cell in cells.iterrows():
+        best = mean_std(cell["best_mean"], cell["best_std"])
         rows.append(
             [
                 cell["model"],
@@ -472,7 +562,8 @@ def cells_markdown(table: str, cells: pd.DataFrame) -> str:
                 SETTING_LABELS.get(cell["setting"], cell["setting"]) + (" †" if cell["shared_from"] else ""),
                 cell["method"],
                 accuracy_cell(cell),
-                mean_std(cell["best_mean"], cell["best_std"]),
+                best + (f" (round {cell['best_rounds']})" if cell["best_rounds"] and best != "–" else ""),
+                one_class_cell(cell),
                 paper_cell(table, cell),
                 fmt(cell["client_params_mi"]),
                 fmt(cell["mb_per_run"]),
@@ -482,60 +573,115 @@ def cells_markdown(table: str, cells: pd.DataFrame) -> str:
     return markdown_table(head, rows)
 
 
-def _link_text(link: dict, means: dict[str, float]) -> str:
-    """e.g. "FedPFT 61.0 > FedOT 67.0 (-6.0, std 1.4) ✗"; ✗ marks a link that does not hold."""
-    (a, op, b), (label_a, _, label_b) = link["link"], link["text"]
-    if link["held"] is None:
-        return f"{label_a} {op} {label_b}: n/a"
-    noise = "std unknown (n<2)" if math.isnan(link["noise"]) else f"std {link['noise']:.1f}"
-    text = f"{label_a} {means[a]:.1f} {op} {label_b} {means[b]:.1f} ({link['diff']:+.1f}, {noise})"
-    return text + ("" if link["held"] else " ✗")
+def seed_list(seeds) -> str:
+    """Seeds as text: "1–5" for a consecutive run, else "1 2 4"."""
+    seeds = sorted(int(s) for s in seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return " ".join(map(str, seeds))
 
 
-def claim_line(judged: dict) -> str:
-    where = " · ".join(
+def _where(judged: dict) -> str:
+    return " · ".join(
         SETTING_LABELS.get(judged[c], judged[c]) if c == "setting" else judged[c]
         for c in ("model", "task", "setting", "method")
         if c in judged
     )
+
+
+def _link_text(link: dict, means: dict[str, float]) -> str:
+    """e.g. "FedPFT 59.0 > FedOT 53.9: Δ +5.1 [−3.2, +13.4], n=3, p=0.12, Holm p=0.60 → inconclusive"."""
+    (a, op, b), (label_a, _, label_b) = link["link"], link["text"]
+    head = f"{label_a} {op} {label_b}" if link["missing"] else f"{label_a} {means[a]:.1f} {op} {label_b} {means[b]:.1f}"
+    test, verdict = link["test"], link["verdict"] + (f" ({link['reason']})" if link["reason"] else "")
+    if test.n == 0:
+        return f"{head}: {verdict}"
+    numbers = [f"Δ {test.interval_text()}", f"n={test.n}"] + ([f"p={format_p(test.p)}"] if test.p is not None else [])
+    numbers += [f"Holm p={format_p(link['holm_p'])}"] if link["holm_p"] is not None else []
+    return f"{head}: {', '.join(numbers)} → {verdict}"
+
+
+def claim_line(judged: dict) -> str:
+    verdict = f"**{judged['verdict']}**"
     if judged["verdict"] == "n/a":
         verdict = f"n/a (missing: {', '.join(judged['missing'])})"
-    else:
-        verdict = f"**{judged['verdict']}**" + ("" if judged["noise"] == "beyond noise" else f", {judged['noise']}")
     detail = "; ".join(_link_text(link, judged["means"]) for link in judged["links"])
     paper = ", ".join(f"{row} {v}" for row, v in judged["paper"].items())
-    return f"- {where}: {judged['claim']} — {verdict}: {detail}" + (f" [paper: {paper}]" if paper else "")
+    return f"- {_where(judged)}: {judged['claim']} — {verdict}: {detail}" + (f" [paper: {paper}]" if paper else "")
 
 
-def render_table(root: Path, table: str, runs: pd.DataFrame, stats: pd.DataFrame) -> str:
-    """One table as markdown: title, header line, cells and the judged claims (or a one-line note)."""
-    number = table.removeprefix("table")
-    if not (runs["table"] == table).any():
-        return f"_Table {number}: no runs under `{root / table}`, skipped._"
-    cells = table_cells(stats, table)
-    lines = [
-        f"### {TABLE_TITLES.get(table, table)}",
-        "",
-        header_line(root, table, runs, int((cells["shared_from"] != "").sum())),
-        "",
-        cells_markdown(table, cells),
-    ]
-    judged = orderings(cells, table)
+def pairing_notes(judged: list[dict]) -> list[str]:
+    """One note per link whose two cells have different seed sets, naming the seeds it is paired on."""
+    notes = []
+    for j in judged:
+        for link in j["links"]:
+            (seeds_a, seeds_b), (label_a, _, label_b) = link["seed_sets"], link["text"]
+            if seeds_a and seeds_b and seeds_a != seeds_b:
+                note = f"{_where(j)}: {label_a} has seeds {seed_list(seeds_a)}, {label_b} {seed_list(seeds_b)}"
+                notes.append(f"{note} → paired on {' '.join(map(str, link['seeds'])) or 'none'}")
+    return list(dict.fromkeys(notes))
+
+
+def test_line(judged: list[dict]) -> str:
+    """The rule the block's orderings are judged by, its Holm family size m and any unequal seed sets."""
+    links = [link for j in judged for link in j["links"]]
+    m, untestable = judged[0]["m"], sum(link["verdict"] == "untestable" for link in links)
+    line = (
+        "Orderings: paired t-test on the per-seed differences of final-round accuracy (95 % t-interval, two-sided p), "
+        f"Holm's correction across the m = {m} testable links of this block at family-wise α = {ALPHA:g}"
+    )
+    line += f" ({untestable} untestable link(s) left out)" if untestable else ""
+    notes = pairing_notes(judged)
+    if notes:
+        line += "; links whose cells have different seed sets are paired on the seeds both have: " + "; ".join(notes)
+    return line + "."
+
+
+def render_block(root: Path, table: str, block: str, runs: pd.DataFrame, cells: pd.DataFrame, judged: list) -> str:
+    """One block of a table: header line(s), cells and judged claims; the BBC block under its own sub-heading."""
+    lines = [BBC_HEADING, ""] if block == "bbc" else []
+    own = runs[(runs["table"] == table) & (runs["task"].map(block_of) == block)]
+    lines.append(header_line(root, table, own, int((cells["shared_from"] != "").sum())))
+    lines += [test_line(judged)] if judged else []
+    lines += ["", cells_markdown(table, cells)]
     if judged:
-        lines += ["", "Orderings the paper claims, judged on our final-round means:"]
+        lines += ["", "Orderings the paper claims, each link judged on paired per-seed differences:"]
         lines += [claim_line(j) for j in judged]
     return "\n".join(lines)
 
 
+def render_table(root: Path, table: str, runs: pd.DataFrame, stats: pd.DataFrame) -> str:
+    """One table as markdown: title, then per block (main, then BBC) header, cells and judged claims; or a note."""
+    number = table.removeprefix("table")
+    if not (runs["table"] == table).any():
+        return f"_Table {number}: no runs under `{root / table}`, skipped._"
+    cells = table_cells(stats, table)
+    judged, blocks = orderings(cells, table), cells["task"].map(block_of)
+    parts = [f"### {TABLE_TITLES.get(table, table)}"]
+    for block in (b for b in BLOCKS if (blocks == b).any()):
+        block_judged = [j for j in judged if j["block"] == block]
+        parts.append(render_block(root, table, block, runs, cells[blocks == block], block_judged))
+    return "\n\n".join(parts)
+
+
 LEGEND = (
-    "FM accuracy in %, mean ± sample std over the finished seeds (n); final = last round, best = best round. "
-    "paper % = the paper's reported number for the analogous cell (spec §7; bbc ≈ SST-2, bbc-pairs ≈ QNLI), not "
-    "ours. MB = 1e6 bytes sent + received during training; model shipping = the one-time cost of sending the client "
-    "model to every client; client params in Mi = 2**20 encoder-layer parameters. Orderings: judged on the "
-    "final-round means; a difference is *within noise* when it does not exceed the larger seed std of the two cells "
-    "(noise unknown with a single seed); ✗ marks a link that does not hold; [paper: …] is the same ordering judged "
-    "on the paper's own numbers. † = the cell shows Table 1's runs of the same training (its table skips them when "
-    "Table 1 has them; only when they are evaluated differs, which changes no final number)."
+    "FM accuracy in %, mean ± sample std over the finished seeds (n); final = last round, best = best evaluated "
+    "round ≥ 1 (round 0 is the untrained model) with the range of the runs' best rounds; one-class runs = finished "
+    "runs whose final evaluation predicted a single class, of those whose predictions were recorded (– = not recorded). "
+    "paper % = the paper's reported number for the analogous cell (spec §7; wiki-topics and bbc ≈ SST-2, wiki-pairs "
+    "and bbc-pairs ≈ QNLI), not ours. MB = 1e6 bytes sent + received during training; model shipping = the one-time "
+    "cost of sending the client model to every client; client params in Mi = 2**20 encoder-layer parameters. "
+    "Orderings: runs with the same seed share the partition and every client draw, so each link A > B is a paired "
+    "t-test on the per-seed differences A_s − B_s of final-round accuracy over the seeds both cells finished: Δ = mean "
+    "difference in points, [95 % t-interval], n common seeds, two-sided p, and Holm p = Holm's step-down correction "
+    "across the testable links of the block (family-wise α = 0.05). A strict link (>) is *held* when Holm p ≤ 0.05 "
+    "and Δ > 0, *contradicted* when Holm p ≤ 0.05 and Δ < 0, *inconclusive* otherwise; a tie-allowing link (≥) is "
+    "*consistent* unless contradicted; one common seed is inconclusive; a link touching a cell whose every run "
+    "predicted one class is *untestable* and leaves the family. A claim is untestable or n/a (a missing cell) if any "
+    "link is, else contradicted if any link is, held if every > link is held and every ≥ link consistent, else "
+    "inconclusive. [paper: …] is the same ordering judged on the paper's own numbers. † = the cell shows Table 1's "
+    "runs of the same training (its table skips them when Table 1 has them; only when they are evaluated differs, "
+    "which changes no final number). The BBC block of each table holds the earlier proxy tasks and is its own family."
 )
 
 
@@ -545,11 +691,50 @@ def render(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> str:
     return "\n\n".join([LEGEND, *(render_table(Path(root), table, runs, stats) for table in tables)]) + "\n"
 
 
+def _bullet_link(link: dict) -> str:
+    """e.g. "FedPFT − FedOT +5.1 [−3.2, +13.4] (inconclusive, Holm p 0.60)"."""
+    (label_a, _, label_b), test = link["text"], link["test"]
+    name = f"{label_a} − {label_b}"
+    if test.n == 0:
+        return f"{name}: {link['verdict']} ({link['reason']})"
+    why = [link["reason"]] if link["reason"] else []
+    shown = link["holm_p"] is not None and (link["link"][1] == ">" or link["verdict"] == "contradicted")
+    why += [f"Holm p {format_p(link['holm_p'])}"] if shown else []
+    return f"{name} {test.interval_text()} ({', '.join([link['verdict'], *why])})"
+
+
+def verdict_bullet(judged: dict) -> str:
+    """One markdown sentence on a judged claim, generated from its verdict data only."""
+    block = " (BBC block)" if judged["block"] == "bbc" else ""
+    ns = sorted({link["test"].n for link in judged["links"] if link["test"].n})
+    seeds = f"{ns[0]}–{ns[-1]} common seeds" if len(ns) > 1 else f"{ns[0]} seed{'s' * (ns[0] != 1)}" if ns else ""
+    text = f"- Table {judged['table'].removeprefix('table')}{block}, {_where(judged)}: {judged['claim']} is "
+    text += f"**{judged['verdict']}**: " + ", ".join(_bullet_link(link) for link in judged["links"])
+    text += f"; {seeds}." if seeds else "."
+    held = [row for row, v in judged["paper"].items() if v == "held"]
+    failed = [row for row in judged["paper"] if row not in held]
+    if held and failed:
+        text += f" The paper's numbers hold it for {', '.join(held)}, not for {', '.join(failed)}."
+    elif judged["paper"]:
+        text += f" The paper's numbers {'hold' if held else 'do not hold'} it ({', '.join(held or failed)})."
+    return text
+
+
+def verdict_bullets(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> str:
+    """One markdown bullet per judged claim of the requested tables, in plain words, from the same verdicts the
+    tables print (so that prose quoting them cannot drift from the tables). `root` is unused beyond symmetry with
+    render; tables without runs are skipped."""
+    stats = cell_stats(runs)
+    judged = [j for t in tables if (runs["table"] == t).any() for j in orderings(table_cells(stats, t), t)]
+    return "\n".join(verdict_bullet(j) for j in judged) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="results/embedded", help="results root holding table1 ... table4")
     parser.add_argument("--tables", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3, 4])
     parser.add_argument("--out", default=None, help="also write the markdown to this file")
+    parser.add_argument("--bullets", action="store_true", help="print one sentence per judged claim, not the tables")
     args = parser.parse_args(argv)
     root = Path(args.root)
     runs = load_runs(root) if root.is_dir() else pd.DataFrame()
@@ -559,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    text = render(root, runs, [f"table{n}" for n in args.tables])
+    tables = [f"table{n}" for n in args.tables]
+    text = verdict_bullets(root, runs, tables) if args.bullets else render(root, runs, tables)
     print(text, end="")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

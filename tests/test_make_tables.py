@@ -1,6 +1,10 @@
-"""scripts/make_tables.py and scripts/plot_results.py on a hand-written result tree: means and sample stds,
-unfinished runs, missing optional fields, the paper's numbers beside the right cells, the claimed orderings judged
-held / not held / n/a, the missing-root error, the PNG files, and one CLI run of each."""
+"""scripts/make_tables.py, its statistics (federated_proxy_finetuning/report/verdicts.py) and scripts/plot_results.py:
+hand-computed paired t-intervals, p-values and Holm adjustments; on a hand-written result tree the means and sample
+stds, unfinished runs, missing optional fields, the best round ≥ 1, the one-class reading of confusion matrices, the
+paper's numbers beside the right cells, the claimed orderings judged on paired per-seed differences (held,
+contradicted, inconclusive, consistent, untestable, n/a), the two blocks of a table, the generated verdict bullets,
+the missing-root error, the PNG files and one CLI run of each; and the verdicts recomputed from the committed runs
+under results/embedded."""
 
 from __future__ import annotations
 
@@ -11,6 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from federated_proxy_finetuning.report.verdicts import (
+    PairedTest,
+    claim_verdict,
+    format_p,
+    holm,
+    judge_family,
+    link_verdict,
+    paired_t,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -32,10 +46,19 @@ make_tables = load_script("make_tables")
 plot_results = load_script("plot_results")
 
 
-def write_run(root: Path, cell: str, seed: int, final: float, finished: bool = True, bare: bool = False) -> Path:
+def write_run(
+    root: Path,
+    cell: str,
+    seed: int,
+    final: float,
+    finished: bool = True,
+    bare: bool = False,
+    confusion: list[list[int]] | None = None,
+) -> Path:
     """A run folder of cell "<table>/<model>/<task>/<setting>/<method>" whose FM accuracy climbs from 0.5 to
     `final` + 0.01 at round ROUNDS - 1 (the best round) and ends at `final`. `bare`: an older run without the
-    optional fields (no parameter counts, communication, wall time, byte counters)."""
+    optional fields (no parameter counts, communication, wall time, byte counters). `confusion`: the final round's
+    eval_confusion (rows true label, columns predicted label); none recorded when None, as in older runs."""
     table, model, task, setting, method = cell.split("/")
     run = root / cell / task / model / f"{method.lower()}-r{ROUNDS}-seed{seed}"
     run.mkdir(parents=True)
@@ -48,6 +71,8 @@ def write_run(root: Path, cell: str, seed: int, final: float, finished: bool = T
             "fm": {"eval_accuracy": acc, "eval_loss": 1 - acc},
             "aligned": method == "FedPFT" and r % 2 == 0 and r > 0,
         }
+        if confusion is not None and r == ROUNDS:
+            record["fm"]["eval_confusion"] = confusion
         if not bare:
             record |= {"bytes_sent": SENT * (r > 0), "bytes_received": RECEIVED * (r > 0)}
             record |= {"bytes_sent_cumulative": SENT * r, "bytes_received_cumulative": RECEIVED * r}
@@ -80,7 +105,8 @@ def write_cell(root: Path, cell: str, finals: list[float]) -> None:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("results") / "embedded"
-    # Table 1: bbc holds FedPETuning ≥ FedPFT > FedOT (the first link within noise), bbc-pairs does not
+    # Table 1: bbc holds FedPETuning ≥ FedPFT > FedOT (FedPETuning has seeds 1-3, FedPFT 1-2: paired on 1 2), the
+    # bbc-pairs FedPFT > FedOT link is contradicted
     write_cell(root, "table1/minilm/bbc/iid/FedPETuning", [0.90, 0.92, 0.88])  # 90.0 ± 2.0
     write_cell(root, "table1/minilm/bbc/iid/FedPFT", [0.88, 0.90])  # 89.0 ± 1.414
     write_run(root, "table1/minilm/bbc/iid/FedPFT", 3, 0.10, finished=False)  # excluded
@@ -89,13 +115,14 @@ def tree(tmp_path_factory) -> Path:
     write_cell(root, "table1/minilm/bbc-pairs/iid/FedPETuning", [0.70, 0.72])
     write_cell(root, "table1/minilm/bbc-pairs/iid/FedPFT", [0.60, 0.62])  # 61.0 < FedOT's 67.0
     write_cell(root, "table1/minilm/bbc-pairs/iid/FedOT", [0.66, 0.68])
-    # Table 2: α=1 with one seed each (noise unknown, not held), α=5 lacks FedOT (n/a)
+    # Table 2: α=1 with one seed each (inconclusive), α=5 lacks FedOT (n/a)
     write_cell(root, "table2/minilm/bbc/dir1/FedPETuning", [0.85])
     write_cell(root, "table2/minilm/bbc/dir1/FedPFT", [0.86])
     write_cell(root, "table2/minilm/bbc/dir1/FedOT", [0.80])
     write_cell(root, "table2/minilm/bbc/dir5/FedPETuning", [0.87])
     write_cell(root, "table2/minilm/bbc/dir5/FedPFT", [0.86])
-    # Table 3: minilm holds FedPFT > B > D > N; FedOT comes from Table 1 (67.0 < FedPFT's 69.0); mpnet inverts
+    # Table 3: minilm holds FedPFT > B > D > N; FedOT comes from Table 1 (67.0 < FedPFT's 69.0); mpnet inverts.
+    # Every paired difference in these cells is the same for both seeds (sd 0): p = 0, held or contradicted
     write_cell(root, "table3/minilm/bbc-pairs/iid/FedPFT", [0.68, 0.70])
     write_cell(root, "table3/minilm/bbc-pairs/iid/FedPFT_B", [0.63, 0.65])
     write_cell(root, "table3/minilm/bbc-pairs/iid/FedPFT_D", [0.59, 0.61])
@@ -166,8 +193,9 @@ def test_markdown_cells_paper_numbers_and_missing_fields(tree, runs):
     assert "BERT 83.9 · RoBERTa 85.3" in rows["minilm", "bbc-pairs (≈ QNLI)", "IID", "FedOT"]
     no_kd = rows["minilm", "bbc (≈ SST-2)", "IID", "FedOT-noKD"].split("|")
     assert (
-        no_kd[5].strip() == "75.0 (n=1)" and [c.strip() for c in no_kd[7:11]] == ["–"] * 4
-    )  # no paper number, no optional fields
+        no_kd[5].strip() == "75.0 (n=1)" and [c.strip() for c in no_kd[7:12]] == ["–"] * 5
+    )  # one-class status not recorded, no paper number, no optional fields
+    assert "90.0 ± 1.4 (round 3)" in fedpft and "| 47.0 " in fedpft  # best round ≥ 1
     assert "BERT 86.9 · RoBERTa 86.7" in rows["minilm", "bbc-pairs (≈ QNLI)", "IID", "FedPFT_B"]  # Table 3
     assert "BERT 83.9 · RoBERTa 85.3" in rows["minilm", "bbc-pairs (≈ QNLI)", "IID †", "FedOT"]  # shared with Table 1
     assert "BERT 87.4 · RoBERTa 87.8" in rows["minilm", "bbc-pairs (≈ QNLI)", "p=0.3", "FedPFT"]  # Table 4
@@ -184,45 +212,72 @@ def test_paper_layout_uses_the_same_model_row(tmp_path):
     assert "| bert-base-uncased | qnli " in text and "| 87.5 " in text and "| 92.8 " in text and "BERT 87.5" not in text
 
 
-def test_orderings_held_and_not_held(tree, runs):
+def test_orderings_paired_verdicts(tree, runs):
     bbc = judged(tree, runs, "table1", task="bbc")["FedPETuning ≥ FedPFT > FedOT"]
-    assert (bbc["verdict"], bbc["noise"]) == ("held", "within noise")  # 90.0 vs 89.0 with std 2.0
-    assert [link["beyond_noise"] for link in bbc["links"]] == [False, True]
+    assert bbc["verdict"] == "held" and bbc["block"] == "bbc" and bbc["m"] == 4
+    first, second = bbc["links"]  # paired on seeds 1 2: FedPFT's seed 3 is unfinished
+    assert first["seeds"] == [1, 2] and first["seed_sets"] == ([1, 2, 3], [1, 2])
+    assert first["test"].delta == pytest.approx(2.0) and first["test"].p == 0 and first["verdict"] == "consistent"
+    assert second["test"].delta == pytest.approx(8.0) and second["verdict"] == "held"
     assert bbc["paper"] == {"BERT": "held", "RoBERTa": "held"}
     pairs = judged(tree, runs, "table1", task="bbc-pairs")["FedPETuning ≥ FedPFT > FedOT"]
-    assert (pairs["verdict"], pairs["noise"]) == ("not held", "beyond noise")  # FedPFT 61.0 vs FedOT 67.0
+    assert pairs["verdict"] == "contradicted"  # FedPFT 61.0 vs FedOT 67.0 on both seeds
+    assert [link["verdict"] for link in pairs["links"]] == ["consistent", "contradicted"]
     dir1 = judged(tree, runs, "table2", setting="dir1")["FedPETuning ≥ FedPFT > FedOT"]
-    assert (dir1["verdict"], dir1["noise"]) == ("not held", "noise unknown")
+    assert dir1["verdict"] == "inconclusive" and {link["reason"] for link in dir1["links"]} == {"1 common seed"}
+    assert all(link["holm_p"] is None for link in dir1["links"])  # no p-value: outside the Holm family
     dir5 = judged(tree, runs, "table2", setting="dir5")["FedPETuning ≥ FedPFT > FedOT"]
-    assert dir5["verdict"] == "n/a" and dir5["missing"] == ["FedOT"]
+    assert dir5["verdict"] == "n/a" and dir5["missing"] == ["FedOT"] and dir5["m"] == 0
+    assert dir5["links"][1]["reason"] == "missing cell: FedOT"
     minilm = judged(tree, runs, "table3", model="minilm")
     assert minilm["FedPFT > FedPFT_B > FedPFT_D > FedPFT_N"]["verdict"] == "held"
     assert minilm["FedPFT > FedOT"]["verdict"] == "held"  # FedOT from Table 1: 69.0 > 67.0
     assert minilm["FedPFT > FedOT"]["means"] == pytest.approx({"FedPFT": 69.0, "FedOT": 67.0})
     mpnet = judged(tree, runs, "table3", model="mpnet")
-    assert mpnet["FedPFT > FedPFT_B > FedPFT_D > FedPFT_N"]["verdict"] == "not held"
-    assert mpnet["FedPFT > FedOT"]["verdict"] == "not held"
+    assert mpnet["FedPFT > FedPFT_B > FedPFT_D > FedPFT_N"]["verdict"] == "contradicted"
+    assert mpnet["FedPFT > FedOT"]["verdict"] == "contradicted"
     table4 = judged(tree, runs, "table4")
     assert table4["the optimum of t is 10"]["verdict"] == "held"
-    assert table4["the optimum of p is 0.5"]["verdict"] == "not held"
+    assert table4["the optimum of p is 0.5"]["verdict"] == "contradicted"  # p=0.3 beats p=0.5 on both seeds
 
 
 def test_markdown_claim_lines(tree, runs):
     text = make_tables.render(tree, runs, ["table1", "table2"])
     assert (
-        "- minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT — **held**, within noise: FedPETuning 90.0 ≥ FedPFT 89.0 "
-        "(+1.0, std 2.0); FedPFT 89.0 > FedOT 81.0 (+8.0, std 1.4) [paper: BERT held, RoBERTa held]"
+        "- minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT — **held**: FedPETuning 90.0 ≥ FedPFT 89.0: "
+        "Δ +2.0 [+2.0, +2.0], n=2, p=0, Holm p=0 → consistent; FedPFT 89.0 > FedOT 81.0: Δ +8.0 [+8.0, +8.0], n=2, "
+        "p=0, Holm p=0 → held [paper: BERT held, RoBERTa held]"
     ) in text
-    assert "- minilm · bbc-pairs · IID: FedPETuning ≥ FedPFT > FedOT — **not held**: " in text
-    assert "FedPFT 61.0 > FedOT 67.0 (-6.0, std 1.4) ✗" in text
-    assert "α=5: FedPETuning ≥ FedPFT > FedOT — n/a (missing: FedOT)" in text
+    assert "- minilm · bbc-pairs · IID: FedPETuning ≥ FedPFT > FedOT — **contradicted**: " in text
+    assert "FedPFT 61.0 > FedOT 67.0: Δ −6.0 [−6.0, −6.0], n=2, p=0, Holm p=0 → contradicted" in text
+    assert "FedPFT 86.0 > FedOT 80.0: Δ +6.0, n=1 → inconclusive (1 common seed)" in text
+    assert "α=5: FedPETuning ≥ FedPFT > FedOT — n/a (missing: FedOT): " in text
+    assert "FedPFT > FedOT: n/a (missing cell: FedOT)" in text
     # the paper's own Table 2 BERT SST-2 numbers at α=5 have FedPFT above FedPETuning
     assert "[paper: BERT not held, RoBERTa held]" in text
+    assert "noise" not in text and "noise" not in make_tables.LEGEND
+    # the header states the test, the Holm family of the block and the pairing on common seeds
+    assert "paired t-test on the per-seed differences of final-round accuracy (95 % t-interval, two-sided p)" in text
+    assert "Holm's correction across the m = 4 testable links of this block at family-wise α = 0.05" in text
+    assert "minilm · bbc · IID: FedPETuning has seeds 1–3, FedPFT 1 2 → paired on 1 2" in text
+    assert "the m = 0 testable links" in text  # Table 2: one seed per cell, FedOT missing at α=5
     table4 = make_tables.render(tree, runs, ["table4"])
-    assert (
-        "the optimum of p is 0.5 — **not held**: p=0.5 69.0 > p=0.3 72.0 (-3.0, std 1.4) ✗; p=0.5 69.0 > p=0.8"
-        in table4
+    assert "the optimum of p is 0.5 — **contradicted**: p=0.5 69.0 > p=0.3 72.0: Δ −3.0 [−3.0, −3.0], n=2" in table4
+
+
+def test_verdict_bullets(tree, runs, capsys):
+    bullets = make_tables.verdict_bullets(tree, runs, ["table1", "table2"]).splitlines()
+    assert bullets[0] == (
+        "- Table 1 (BBC block), minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT is **held**: FedPETuning − FedPFT "
+        "+2.0 [+2.0, +2.0] (consistent), FedPFT − FedOT +8.0 [+8.0, +8.0] (held, Holm p 0); 2 seeds. "
+        "The paper's numbers hold it (BERT, RoBERTa)."
     )
+    assert "FedPFT − FedOT −6.0 [−6.0, −6.0] (contradicted, Holm p 0)" in bullets[1]
+    assert "FedPFT − FedOT +6.0 (inconclusive, 1 common seed); 1 seed." in bullets[2]
+    assert "is **n/a**: " in bullets[3] and "FedPFT − FedOT: n/a (missing cell: FedOT)" in bullets[3]
+    assert bullets[3].endswith("The paper's numbers hold it for RoBERTa, not for BERT.")
+    assert make_tables.main(["--root", str(tree), "--tables", "1", "2", "--bullets"]) == 0
+    assert capsys.readouterr().out.splitlines() == bullets
 
 
 def test_missing_tables_and_root(tmp_path, capsys):
@@ -295,3 +350,215 @@ def test_notebook_is_clean_nbformat4():
         if nb_cell["cell_type"] == "code":
             assert nb_cell["outputs"] == [] and nb_cell["execution_count"] is None
             compile("".join(nb_cell["source"]), "plots.ipynb", "exec")
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def test_paired_t_hand_computed():
+    # differences 6.5, 1.3, 7.5: mean 15.3 / 3 = 5.1; deviations 1.4, -3.8, 2.4, squares 1.96 + 14.44 + 5.76 = 22.16,
+    # sd = sqrt(22.16 / 2) = sqrt(11.08) = 3.3287; standard error 3.3287 / sqrt(3) = 1.9218; t_{0.975,2} = 4.3027,
+    # half-width 4.3027 * 1.9218 = 8.269, interval [5.1 - 8.269, 5.1 + 8.269] = [-3.169, +13.369];
+    # t = 5.1 / 1.9218 = 2.6538 and with 2 degrees of freedom the two-sided p = 1 - t / sqrt(t^2 + 2)
+    # = 1 - 2.6538 / 3.0071 = 0.1175
+    test = paired_t([6.5, 1.3, 7.5])
+    assert test.n == 3 and test.delta == pytest.approx(5.1, abs=1e-2) and test.sd == pytest.approx(3.3287, abs=1e-2)
+    assert (test.low, test.high) == pytest.approx((-3.169, 13.369), abs=1e-2)
+    assert test.p == pytest.approx(0.1175, abs=1e-2)
+    assert test.interval_text() == "+5.1 [−3.2, +13.4]" and format_p(test.p) == "0.12"
+
+
+def test_paired_t_degenerate_cases():
+    assert paired_t([]) == PairedTest(0)
+    single = paired_t([4.2])  # one common seed: a mean difference, no interval, no p
+    assert (single.n, single.delta, single.low, single.p) == (1, 4.2, None, None)
+    assert link_verdict(">", single, None) == link_verdict("≥", single, None)
+    assert link_verdict(">", single, None).verdict == "inconclusive"
+    assert link_verdict(">", single, None).reason == "1 common seed" and single.interval_text() == "+4.2"
+    same = paired_t([2.0, 2.0, 2.0])  # sd 0, Δ ≠ 0: p = 0, interval [Δ, Δ]
+    assert (same.sd, same.low, same.high, same.p) == (0.0, 2.0, 2.0, 0.0)
+    zero = paired_t([0.0, 0.0])  # sd 0, Δ = 0: p = 1, interval [0, 0]
+    assert (zero.delta, zero.low, zero.high, zero.p) == (0.0, 0.0, 0.0, 1.0)
+    assert paired_t([90.00000000000001 - 88.0, 92.0 - 90.0]).p == 0.0  # equal differences up to float rounding
+    assert link_verdict(">", paired_t([]), None).verdict == "n/a"
+
+
+def test_holm_adjustment():
+    # sorted 0.01, 0.03, 0.04 with m = 3: 3 * 0.01 = 0.03; 2 * 0.03 = 0.06; 1 * 0.04 = 0.04, raised to 0.06 by the
+    # running maximum (step-down monotonicity); returned in the given order
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002]) and holm([]) == []
+
+
+def test_link_and_claim_verdicts():
+    up, down, flat = paired_t([3.0, 4.0, 5.0]), paired_t([-3.0, -4.0, -5.0]), paired_t([1.0, -2.0, 1.5])
+    # up: mean 4, sd 1, t = 4 / (1 / sqrt(3)) = 6.928; with 2 df p = 1 - t / sqrt(t^2 + 2) = 1 - 6.928 / 7.071 = 0.0202
+    assert up.p == pytest.approx(0.0202, abs=1e-3)
+    assert link_verdict(">", up, 0.04).verdict == "held"
+    assert link_verdict(">", up, 0.06).verdict == "inconclusive"  # raw p < 0.05 but not after Holm
+    assert link_verdict(">", down, 0.04).verdict == "contradicted"
+    assert link_verdict("≥", down, 0.04).verdict == "contradicted"
+    assert link_verdict("≥", down, 0.06).verdict == "consistent"  # below, but not significantly
+    assert link_verdict("≥", flat, flat.p).verdict == link_verdict("≥", up, 0.01).verdict == "consistent"
+    assert link_verdict(">", up, 0.01, untestable=True).verdict == "untestable"
+    family = judge_family([(">", up, False), (">", down, True), ("≥", flat, False), (">", paired_t([1.0]), False)])
+    # family: the untestable link and the single-seed link leave it, so m = 2 (up and flat)
+    assert family[0][0] == pytest.approx(min(1, 2 * up.p)) and family[1][0] is None and family[3][0] is None
+    assert [v.verdict for _, v in family] == ["held", "untestable", "consistent", "inconclusive"]
+    assert claim_verdict([("≥", "consistent"), (">", "held")]) == "held"
+    assert claim_verdict([("≥", "consistent"), (">", "inconclusive")]) == "inconclusive"
+    assert claim_verdict([("≥", "contradicted"), (">", "held")]) == "contradicted"
+    assert claim_verdict([("≥", "contradicted"), (">", "untestable")]) == "untestable"
+    assert claim_verdict([("≥", "consistent"), (">", "n/a")]) == "n/a"
+
+
+# ---------------------------------------------------------------------------------------------------- result trees
+ONE_CLASS = [[0, 154], [0, 154]]  # every example predicted as label 1: one non-zero column
+BOTH = [[120, 34], [40, 114]]
+
+
+def test_untestable_cell_from_one_class_predictions(tmp_path):
+    for seed, (a, b) in enumerate([(0.80, 0.50), (0.82, 0.50), (0.85, 0.50)], start=1):
+        write_run(tmp_path, "table3/minilm/wiki-pairs/iid/FedPFT", seed, a, confusion=BOTH)
+        write_run(tmp_path, "table3/minilm/wiki-pairs/iid/FedOT", seed, b, confusion=ONE_CLASS)
+        write_run(tmp_path, "table3/minilm/wiki-pairs/iid/FedPFT_B", seed, a - 0.02, confusion=BOTH)
+        write_run(tmp_path, "table3/minilm/wiki-pairs/iid/FedPFT_D", seed, a - 0.05)  # older: nothing recorded
+        write_run(
+            tmp_path, "table3/minilm/wiki-pairs/iid/FedPFT_N", seed, 0.50, confusion=ONE_CLASS if seed > 1 else None
+        )
+    runs = make_tables.load_runs(tmp_path)
+    fedot = runs[runs["method"] == "FedOT"].iloc[0]
+    assert fedot["one_class"] is True and fedot["predicted_counts"] == [0, 308]
+    fedpft = runs[runs["method"] == "FedPFT"].iloc[0]
+    assert fedpft["one_class"] is False and fedpft["predicted_counts"] == [160, 148]
+    assert runs[runs["method"] == "FedPFT_D"]["one_class"].isna().all()
+    claims = judged(tmp_path, runs, "table3")
+    assert claims["FedPFT > FedOT"]["verdict"] == "untestable"
+    assert claims["FedPFT > FedOT"]["links"][0]["reason"] == "every run of FedOT predicted one class"
+    # FedPFT_N: two of three runs predicted one class, the third unknown, so the cell is not untestable
+    ablation = claims["FedPFT > FedPFT_B > FedPFT_D > FedPFT_N"]
+    assert ablation["verdict"] == "held" and ablation["m"] == 3  # the untestable link left the family
+    text = make_tables.render(tmp_path, runs, ["table3"])
+    rows = {tuple(c.strip() for c in line.split("|")[4:5]): line.split("|") for line in text.splitlines()}
+    assert rows["FedOT",][7].strip() == "3/3" and rows["FedPFT",][7].strip() == "0/3"
+    assert rows["FedPFT_D",][7].strip() == "–" and rows["FedPFT_N",][7].strip() == "2/2 (1 not recorded)"
+    assert "the m = 3 testable links of this block at family-wise α = 0.05 (1 untestable link(s) left out)" in text
+    assert (
+        "FedPFT 82.3 > FedOT 50.0: Δ +32.3 [" in text
+        and "→ untestable (every run of FedOT predicted one class)" in text
+    )
+
+
+def test_predictions_read_the_metric_split_confusion():
+    fm = {
+        "eval_matched_accuracy": 0.6,
+        "eval_matched_confusion": [[5, 0, 0], [3, 0, 0], [2, 0, 0]],
+        "eval_mismatched_accuracy": 0.5,
+        "eval_mismatched_confusion": [[4, 1, 0], [3, 1, 0], [1, 0, 2]],
+    }
+    metrics = [{"round": 1, "fm": fm}]
+    assert make_tables.predictions(metrics, "eval_matched_accuracy") == (True, [10, 0, 0])
+    assert make_tables.predictions(metrics, "eval_mismatched_accuracy") == (False, [8, 2, 2])
+    assert make_tables.predictions([{"round": 1, "fm": {"eval_accuracy": 0.5}}], "eval_accuracy") == (None, None)
+
+
+def test_best_excludes_round_zero(tmp_path):
+    run = write_run(tmp_path, "table1/minilm/wiki-topics/iid/FedPFT", 1, 0.70)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records[0]["fm"]["eval_accuracy"] = 0.95  # the untrained model scores best: not a trained round
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    record = make_tables.run_record(tmp_path, run)
+    assert record["best"] == pytest.approx(0.71) and record["best_round"] == ROUNDS - 1
+    (run / "metrics.jsonl").unlink()  # without metrics.jsonl the summary's best stands
+    record = make_tables.run_record(tmp_path, run)
+    assert record["best"] == pytest.approx(0.71) and record["best_round"] == ROUNDS - 1 and record["one_class"] is None
+
+
+def test_blocks_and_unequal_seed_sets(tmp_path):
+    write_cell(tmp_path, "table1/minilm/wiki-pairs/iid/FedPETuning", [0.80, 0.82, 0.81])
+    write_cell(tmp_path, "table1/minilm/wiki-pairs/iid/FedPFT", [0.78, 0.79, 0.80])
+    write_cell(tmp_path, "table1/minilm/wiki-pairs/iid/FedOT", [0.70, 0.74, 0.71])
+    write_cell(tmp_path, "table1/minilm/bbc-pairs/iid/FedPFT", [0.60, 0.62])
+    write_cell(tmp_path, "table1/minilm/bbc-pairs/iid/FedOT", [0.55, 0.58])
+    write_cell(tmp_path, "table1/minilm/bbc-pairs/iid/FedPETuning", [0.65, 0.66])
+    write_cell(tmp_path, "table4/minilm/wiki-pairs/t5/FedPFT", [0.75, 0.76, 0.74])
+    write_cell(tmp_path, "table4/minilm/wiki-pairs/t10/FedPFT", [0.78, 0.79, 0.80, 0.77, 0.81])
+    runs = make_tables.load_runs(tmp_path)
+    text = make_tables.render(tmp_path, runs, ["table1", "table4"])
+    table1 = text.split("### Table 1")[1].split("### Table 4")[0]
+    main, bbc = table1.split(make_tables.BBC_HEADING)
+    assert "| minilm | wiki-pairs (≈ QNLI) " in main and "bbc-pairs" not in main
+    assert "| minilm | bbc-pairs (≈ QNLI) " in bbc and "wiki-pairs" not in bbc
+    assert "308-example evaluation sets" in make_tables.BBC_HEADING
+    assert "the m = 2 testable links of this block" in main and "the m = 2 testable links of this block" in bbc
+    assert "`table1`: 9 runs found" in main and "`table1`: 6 runs found" in bbc
+    blocks = {t: make_tables.block_of(t) for t in ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs")}
+    assert blocks == {"wiki-topics": "main", "wiki-pairs": "main", "mnist": "main", "bbc": "bbc", "bbc-pairs": "bbc"}
+    assert make_tables.TASKS[:5] == ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs")
+    assert make_tables.PAPER_TASK["wiki-topics"] == "sst2" and make_tables.PAPER_TASK["wiki-pairs"] == "qnli"
+    table4 = text.split("### Table 4")[1]
+    assert "minilm · wiki-pairs · FedPFT: t=10 has seeds 1–5, t=5 1–3 → paired on 1 2 3" in table4
+    t_link = judged(tmp_path, runs, "table4")["the optimum of t is 10"]["links"][0]
+    assert t_link["seeds"] == [1, 2, 3] and t_link["test"].delta == pytest.approx(4.0)  # differences 3, 3, 6
+    assert "paired on" not in table1  # equal seed sets: no note
+
+
+# ---------------------------------------------------------------------------------------------------- committed runs
+COMMITTED = ROOT / "results" / "embedded"
+
+
+@pytest.fixture(scope="module")
+def committed():
+    if not (COMMITTED / "table1").is_dir():
+        pytest.skip("no committed runs under results/embedded")
+    return make_tables.load_runs(COMMITTED)
+
+
+def committed_link(runs, table: str, task: str, setting: str, link: tuple[str, str, str]) -> tuple[dict, dict]:
+    """(claim, link) of the minilm claim of `table` in the (task, setting) group holding `link`."""
+    cells = make_tables.table_cells(make_tables.cell_stats(runs), table)
+    for claim in make_tables.orderings(cells, table):
+        if (claim["model"], claim["task"], claim.get("setting", setting)) == ("minilm", task, setting):
+            for found in claim["links"]:
+                if found["link"] == link:
+                    return claim, found
+    raise AssertionError(f"no {link} in {table} {task} {setting}")
+
+
+def test_committed_table1_bbc_pairs_fedpft_over_fedot(committed):
+    # per-seed final accuracies (%, 308 examples): FedPFT 62.99 / 54.22 / 59.74, FedOT 56.49 / 52.92 / 52.27,
+    # differences 6.49 / 1.30 / 7.47: Δ +5.09, sd 3.32, 95 % interval [-3.15, +13.32], p 0.117; Holm across the
+    # BBC block's 6 links of Table 1: 0.47 -> inconclusive
+    claim, link = committed_link(committed, "table1", "bbc-pairs", "iid", ("FedPFT", ">", "FedOT"))
+    cells = make_tables.cell_stats(committed).set_index(make_tables.CELL)
+    fedpft, fedot = (cells.loc[("table1", "minilm", "bbc-pairs", "iid", m), "finals"] for m in ("FedPFT", "FedOT"))
+    assert [fedpft[s] - fedot[s] for s in (1, 2, 3)] == pytest.approx([6.5, 1.3, 7.5], abs=0.1)
+    test = link["test"]
+    assert (test.n, test.delta, test.low, test.high) == pytest.approx((3, 5.1, -3.2, 13.3), abs=0.1)
+    assert test.p == pytest.approx(0.117, abs=0.01) and link["holm_p"] == pytest.approx(0.47, abs=0.01)
+    assert link["verdict"] == "inconclusive" and claim["verdict"] == "inconclusive" and claim["m"] == 6
+
+
+def test_committed_table2_dir10(committed):
+    # bbc-pairs: differences 5.19 / 1.30 / 3.25, Δ +3.2 [-1.6, +8.1], p 0.10 -> inconclusive
+    _, pairs = committed_link(committed, "table2", "bbc-pairs", "dir10", ("FedPFT", ">", "FedOT"))
+    assert (pairs["test"].delta, pairs["test"].low, pairs["test"].high) == pytest.approx((3.2, -1.6, 8.1), abs=0.1)
+    assert pairs["test"].p > 0.05 and pairs["verdict"] == "inconclusive"
+    # bbc: differences 9.74 / 11.69 / 14.94, Δ +12.1 [+5.6, +18.6], p 0.015: above 0 unadjusted. Holm across the 12
+    # testable links of Table 2's BBC block multiplies the smallest p by 12 (0.18): with 3 seeds the link stays
+    # inconclusive after the family-wise correction
+    claim, bbc = committed_link(committed, "table2", "bbc", "dir10", ("FedPFT", ">", "FedOT"))
+    assert (bbc["test"].delta, bbc["test"].low, bbc["test"].high) == pytest.approx((12.1, 5.6, 18.6), abs=0.1)
+    assert bbc["test"].p < 0.05 and claim["m"] == 12
+    assert bbc["holm_p"] == pytest.approx(0.18, abs=0.01) and bbc["verdict"] == "inconclusive"
+
+
+def test_committed_table3_b_over_d_exceeds_the_seed_std(committed):
+    # FedPFT_B − FedPFT_D per seed 4.22 / 2.27 / 3.57: Δ +3.35, sd 0.99, 95 % interval [+0.9, +5.8], p 0.028, which
+    # is larger than either cell's seed std (2.8 and 2.0); Holm across Table 3's 4 links: 0.11 -> inconclusive
+    claim, link = committed_link(committed, "table3", "bbc-pairs", "iid", ("FedPFT_B", ">", "FedPFT_D"))
+    test = link["test"]
+    assert (test.delta, test.sd, test.low, test.high) == pytest.approx((3.4, 1.0, 0.9, 5.8), abs=0.1)
+    assert test.p == pytest.approx(0.028, abs=0.005) and link["holm_p"] == pytest.approx(0.11, abs=0.01)
+    stds = make_tables.cell_stats(committed).set_index(make_tables.CELL)["final_std"]
+    assert test.delta > max(stds[("table3", "minilm", "bbc-pairs", "iid", m)] for m in ("FedPFT_B", "FedPFT_D"))
+    assert link["verdict"] == "inconclusive" and claim["m"] == 4

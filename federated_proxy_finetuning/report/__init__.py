@@ -1,0 +1,1 @@
+"""Reporting helpers for finished experiment results (statistics only; the tables are scripts/make_tables.py)."""
