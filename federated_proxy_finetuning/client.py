@@ -146,8 +146,17 @@ def predict(model, dataset, collate, batch_size: int, accelerator) -> tuple[np.n
     return preds, labels, loss, time.perf_counter() - started
 
 
+def confusion(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> list[list[int]]:
+    """Counts of (true label i, predicted label j) as rows i, columns j: what an evaluation predicted, so that a
+    model predicting one class is read from the results (its column sums have one non-zero entry)."""
+    counts = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
+    return counts.tolist()
+
+
 def evaluate(model, task: TaskData, batch_size: int, accelerator) -> dict:
-    """Metrics of `model` as it is (whatever adapter it carries) on every eval split of the task (spec §4.11)."""
+    """Metrics of `model` as it is (whatever adapter it carries) on every eval split of the task (spec §4.11), with
+    each split's confusion matrix (`eval_confusion`: rows true label, columns predicted label)."""
     record, seconds, count = {}, 0.0, 0
     for key, dataset in task.eval_splits.items():
         preds, labels, loss, secs = predict(model, dataset, task.collate_fn, batch_size, accelerator)
@@ -155,6 +164,7 @@ def evaluate(model, task: TaskData, batch_size: int, accelerator) -> dict:
         for name, value in compute_metrics(preds, labels, task.metric_names).items():
             record[f"{prefix}{name}"] = value
         record[f"{prefix}loss"] = loss
+        record[f"{prefix}confusion"] = confusion(preds, labels, task.num_labels)
         seconds += secs
         count += len(labels)
     record["eval_runtime"] = seconds

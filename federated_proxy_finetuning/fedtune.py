@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
         server.f.run.lock.release()
     if accelerator.is_main_process and "final" in summary:
         key = summary["metric"]
+        best = f"best {summary['best_metric']:.4f} (round {summary['best_round']})" if "best_round" in summary else ""
         print(
             f"{settings.method}: final {key} {summary['final'][key]:.4f} (round {summary['final_round']}), "
-            f"best {summary['best_metric']:.4f} (round {summary['best_round']}); results in {server.f.run.path}"
+            f"{best or 'no trained round evaluated'}; results in {server.f.run.path}"
         )
     accelerator.wait_for_everyone()
     return 0

@@ -147,12 +147,12 @@ class RunFolder:
         evaluated = [r for r in history if key in r.get("fm", {})]
         summary = {"metric": key, "finished": finished, **extra}
         if evaluated:
-            best = max(evaluated, key=lambda r: r["fm"][key])
             final = evaluated[-1]
+            summary.update(final_round=final["round"], final=final["fm"], final_sub_fm=final.get("sub_fm"))
+        trained = [r for r in evaluated if r["round"] > 0]  # round 0 is the untrained FM: never the best
+        if trained:
+            best = max(trained, key=lambda r: r["fm"][key])
             summary.update(
-                final_round=final["round"],
-                final=final["fm"],
-                final_sub_fm=final.get("sub_fm"),
                 best_round=best["round"],
                 best=best["fm"],
                 best_metric=best["fm"][key],
@@ -163,9 +163,9 @@ class RunFolder:
 
     @staticmethod
     def best_rounds(history: list[dict], metric: str) -> set[int]:
-        """The round whose FM scored best (the earliest of equals): its checkpoint is kept."""
+        """The trained round whose FM scored best (the earliest of equals): its checkpoint is kept."""
         key = f"eval_{metric}"
-        scored = [(r["fm"][key], -r["round"], r["round"]) for r in history if key in r.get("fm", {})]
+        scored = [(r["fm"][key], -r["round"], r["round"]) for r in history if key in r.get("fm", {}) and r["round"] > 0]
         return {max(scored)[2]} if scored else set()
 
     # ------------------------------------------------------------------ checkpoints
