@@ -161,6 +161,14 @@ def test_pft_run_writes_results_and_a_pluggable_adapter(assets, tmp_path):
     logged = records[3]["fm"]
     assert (out.logits.argmax(-1) == labels).float().mean().item() == pytest.approx(logged["eval_accuracy"])
     assert out.loss.item() == pytest.approx(logged["eval_loss"], rel=1e-5)
+    # what it predicted: the confusion matrix, rows true labels and columns predictions, as counted here
+    expected = [[0] * 3 for _ in range(3)]
+    for y, prediction in zip(labels.tolist(), out.logits.argmax(-1).tolist()):
+        expected[y][prediction] += 1
+    assert logged["eval_confusion"] == expected and all("eval_confusion" in r["sub_fm"] for r in records[1:])
+    # the best round is a trained one, even where the untrained FM of round 0 scored higher
+    best = max(records[1:], key=lambda r: (r["fm"]["eval_accuracy"], -r["round"]))
+    assert (summary["best_round"], summary["best_metric"]) == (best["round"], best["fm"]["eval_accuracy"])
     assert out.loss.item() != pytest.approx(records[2]["fm"]["eval_loss"], rel=1e-5)  # round 3's adapter, not older
 
 
