@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 FETCH_HINT = "run `bash scripts/fetch_assets.sh` to fetch it"
 EMBEDDED_TASKS = (
+    "wiki-topics",
+    "wiki-pairs",
     "bbc",
     "bbc-pairs",
     "mnist",
@@ -57,7 +59,12 @@ TEXT_TASKS: dict[str, TextTaskSpec] = {
     "mrpc": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION, ("accuracy", "f1")),
     "rte": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION),
     "wnli": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION),
-    # embedded default: BBC News headlines, 5 topics (datasets/README.md)
+    # embedded default: Wikipedia vital-article summary -> one of 11 topics (SST-2's place), and a question
+    # "What is <title>?" with a sentence of its own or of another article's summary (QNLI's place)
+    # (scripts/prepare_assets.py build_wiki)
+    "wiki-topics": TextTaskSpec(("text",), _VALIDATION),
+    "wiki-pairs": TextTaskSpec(("question", "sentence"), _VALIDATION),
+    # the earlier embedded tasks: BBC News headlines, 5 topics (datasets/README.md)
     "bbc": TextTaskSpec(("text",), _VALIDATION),
     # embedded QNLI proxy: (headline, body sentence) -> same article or not (scripts/prepare_assets.py)
     "bbc-pairs": TextTaskSpec(("headline", "sentence"), _VALIDATION),

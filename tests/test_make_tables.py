@@ -562,3 +562,15 @@ def test_committed_table3_b_over_d_exceeds_the_seed_std(committed):
     stds = make_tables.cell_stats(committed).set_index(make_tables.CELL)["final_std"]
     assert test.delta > max(stds[("table3", "minilm", "bbc-pairs", "iid", m)] for m in ("FedPFT_B", "FedPFT_D"))
     assert link["verdict"] == "inconclusive" and claim["m"] == 4
+
+
+def test_ceilings_follow_table1(tmp_path):
+    root = tmp_path / "embedded"
+    write_cell(root, "table1/minilm/wiki-topics/iid/FedPFT", [0.80, 0.82])
+    write_run(root, "ceiling/minilm/wiki-topics/centralised/FedPETuning", 1, 0.90, confusion=[[3, 0], [1, 2]])
+    text = make_tables.render(root, make_tables.load_runs(root), ["table1"])
+    assert text.index("### Table 1") < text.index(make_tables.CEILING_HEADING)
+    row = next(line for line in text.splitlines() if line.startswith("| minilm") and "| 90.0" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["minilm", "wiki-topics (≈ SST-2)", str(ROUNDS), "90.0", f"91.0 ({ROUNDS - 1})", "1", "no"]
+    assert make_tables.CEILING_HEADING not in make_tables.render(root, make_tables.load_runs(root), ["table2"])
