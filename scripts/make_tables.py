@@ -140,10 +140,14 @@ RUN_COLUMNS = CELL + [
     "bytes_total",
     "shipping_bytes",
     "wall_seconds",
+    *(SETTING_FIELDS := ["lr", "lora_rank", "lora_alpha", "batch", "local_epochs", "eval_every", "max_length"]),
+    "align_t",
+    "align_p",
     "path",
 ]
 NUMERIC = ["seed", "final", "best", "final_round", "best_round", "rounds", "num_clients", "proportion"]
 NUMERIC += ["client_params", "fm_params", "bytes_total", "shipping_bytes", "wall_seconds"]
+NUMERIC += [*SETTING_FIELDS, "align_t", "align_p"]
 
 
 def read_json(path: Path) -> dict:
@@ -211,6 +215,26 @@ def predictions(metrics: list[dict], metric: str) -> tuple[bool | None, list[int
     return sum(c > 0 for c in counts) == 1, counts
 
 
+def training_settings(args: dict) -> dict:
+    """The flags a row's runs were trained with (config.json args), for the settings line under each block; the
+    alignment interval t and updated share p = 1 - retained ratio only where the run aligned."""
+    rounds, t = args.get("num_rounds"), args.get("align_interval")
+    aligning = args.get("method") == "pft" and t is not None and rounds is not None and 0 < t < rounds
+    retained = args.get("align_retained_ratio")
+    return {
+        "lr": args.get("learning_rate"),
+        "lora_rank": args.get("lora_rank"),
+        "lora_alpha": args.get("lora_alpha"),
+        "batch": (args.get("per_device_train_batch_size") or 0) * (args.get("gradient_accumulation_steps") or 1)
+        or None,
+        "local_epochs": args.get("num_epochs"),
+        "eval_every": args.get("eval_interval"),
+        "max_length": args.get("max_length"),
+        "align_t": t if aligning else None,
+        "align_p": round(1 - retained, 6) if aligning and retained is not None else None,
+    }
+
+
 def run_record(root: Path, run: Path) -> dict | None:
     """One run as a flat record; None when the folder is not at cell depth (<table>/<model>/<task>/<setting>/<method>/...).
     best/best_round come from metrics.jsonl over rounds ≥ 1 (the summary's only when metrics.jsonl is missing)."""
@@ -249,6 +273,7 @@ def run_record(root: Path, run: Path) -> dict | None:
         "bytes_total": communicated_bytes(summary, metrics),
         "shipping_bytes": (summary.get("communication") or {}).get("model_shipping_bytes"),
         "wall_seconds": summary.get("wall_seconds", summary.get("round_seconds")),
+        **training_settings(args),
         "path": str(run),
     }
 
@@ -638,13 +663,37 @@ def test_line(judged: list[dict]) -> str:
     return line + "."
 
 
+def settings_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per model · task of a block: the settings its runs were trained with (several values joined by /),
+    so a row with its own learning rate, LoRA α, batch or t shows them."""
+    from federated_proxy_finetuning.tasks import TEXT_TASKS  # the tasks whose inputs are token sequences
+
+    lines = []
+    for (model, task), group in runs.groupby(["model", "task"], sort=False):
+        line = (
+            f"- {model} · {task}: lr {_values(group['lr'])}, LoRA r {_values(group['lora_rank'])} "
+            f"α {_values(group['lora_alpha'])}, batch {_values(group['batch'])}, "
+            f"{_values(group['local_epochs'])} local epoch(s), {_values(group['rounds'])} rounds, "
+            f"FM evaluated every {_values(group['eval_every'])} round(s) and at the last"
+        )
+        if task in TEXT_TASKS and group["max_length"].notna().any():
+            line += f", at most {_values(group['max_length'])} tokens"
+        if group["align_t"].notna().any():
+            line += f"; alignment every t = {_values(group['align_t'])} rounds, p = {_values(group['align_p'])}"
+        lines.append(line)
+    return lines
+
+
 def render_block(root: Path, table: str, block: str, runs: pd.DataFrame, cells: pd.DataFrame, judged: list) -> str:
-    """One block of a table: header line(s), cells and judged claims; the BBC block under its own sub-heading."""
+    """One block of a table: header line(s), cells, the rows' settings and judged claims; the BBC block under its
+    own sub-heading."""
     lines = [BBC_HEADING, ""] if block == "bbc" else []
     own = runs[(runs["table"] == table) & (runs["task"].map(block_of) == block)]
     lines.append(header_line(root, table, own, int((cells["shared_from"] != "").sum())))
     lines += [test_line(judged)] if judged else []
     lines += ["", cells_markdown(table, cells)]
+    if not own.empty:
+        lines += ["", "Settings of each row's runs:", *settings_lines(own.sort_values(["model", "task"]))]
     if judged:
         lines += ["", "Orderings the paper claims, each link judged on paired per-seed differences:"]
         lines += [claim_line(j) for j in judged]
@@ -769,12 +818,100 @@ def verdict_bullets(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> 
     return "\n".join(verdict_bullet(j) for j in judged) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------- pages
+GENERATED = (
+    "<!-- results: generated by scripts/make_tables.py --write; do not edit by hand -->",
+    "<!-- end of results -->",
+)
+FIGURE_CAPTIONS = {  # file-name suffix -> what the figure shows ("{table}, {model} on {task}: " goes before)
+    "rounds": "FM accuracy per evaluated round, mean and min–max band over seeds (dashed lines: FedPFT's alignments)",
+    "bytes": "FM accuracy against cumulative bytes sent and received",
+    "alpha": "final FM accuracy against the Dirichlet α, mean ± seed std",
+    "ablation": "final FM accuracy per variant, mean ± seed std",
+    "t_p": "final FM accuracy against the alignment interval t and the updated-neuron proportion p, mean ± seed std",
+}
+
+
+def figure_links(images: Path, link_prefix: str) -> list[str]:
+    """Markdown image links to the figures of scripts/plot_results.py found in `images`, main block first."""
+    found = []
+    for path in sorted(images.glob("*_table*_*.png")):
+        match = re.fullmatch(r".+?_table(\d)_(.+?)_(rounds|bytes|alpha|ablation|t_p)\.png", path.name)
+        if not match:
+            continue
+        table, rest, kind = match.groups()
+        model, _, task = rest.partition("_")
+        caption = f"Table {table}, {model} on {task}: {FIGURE_CAPTIONS[kind]}"
+        found.append((block_of(task) != "main", table, task, kind, f"![{caption}]({link_prefix}{path.name})"))
+    return [line for *_, line in sorted(found)]
+
+
+def results_page(root: Path, runs: pd.DataFrame, tables: list[str], images: Path, link_prefix: str) -> str:
+    """The whole results page: what was run, every verdict in words, the tables with their ceilings, the figures."""
+    lines = [
+        "# Results on the embedded default",
+        "",
+        f"Generated by `python scripts/make_tables.py --root {root} --write` from the committed result files under "
+        f"`{root}` (the figures by `python scripts/plot_results.py --root {root} --out {images}`); do not edit by hand.",
+        "",
+        "## Verdicts",
+        "",
+        verdict_bullets(root, runs, tables).rstrip("\n"),
+        "",
+        "## Tables",
+        "",
+        render(root, runs, tables).rstrip("\n"),
+    ]
+    figures = figure_links(images, link_prefix)
+    if figures:
+        lines += ["", "## Figures", ""] + [x for f in figures for x in (f, "")]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def readme_block(root: Path, runs: pd.DataFrame, tables: list[str], page: str) -> str:
+    """The README's generated part of its results section: the verdicts in words and where the tables are."""
+    return (
+        f"Every verdict below is generated from the committed runs by `scripts/make_tables.py` (paired t-test on "
+        f"per-seed final-round accuracy, Holm's correction per block; see the legend in [{page}]({page}), which also "
+        f"holds the tables, the ceilings and the figures).\n\n" + verdict_bullets(root, runs, tables)
+    )
+
+
+def replace_generated(text: str, block: str, where: str) -> str:
+    """`text` with the part between the GENERATED markers replaced by `block` (the markers must be there, once)."""
+    start, end = GENERATED
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{where} must hold the lines {start!r} and {end!r} once each, in that order")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.rstrip()}\n{end}{tail}"
+
+
+def write_pages(root: Path, runs: pd.DataFrame, tables: list[str], readme: Path, page: Path, images: Path) -> None:
+    """Regenerate `page` (whole) and the generated part of `readme` from the runs under `root`."""
+    prefix = Path(*[".."] * (len(page.parent.parts))) if page.parent.parts else Path(".")
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(results_page(root, runs, tables, images, f"{prefix.as_posix()}/{images.as_posix()}/"))
+    block = readme_block(root, runs, tables, page.as_posix())
+    readme.write_text(replace_generated(readme.read_text(), block, str(readme)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="results/embedded", help="results root holding table1 ... table4")
     parser.add_argument("--tables", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3, 4])
     parser.add_argument("--out", default=None, help="also write the markdown to this file")
     parser.add_argument("--bullets", action="store_true", help="print one sentence per judged claim, not the tables")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="regenerate --page (verdicts, tables, figures) and the generated part of --readme instead of printing",
+    )
+    parser.add_argument(
+        "--readme", default="README.md", help="with --write: the README whose results part is generated"
+    )
+    parser.add_argument("--page", default="docs/results.md", help="with --write: the results page")
+    parser.add_argument("--images", default="images", help="with --write: the folder of the figures")
     args = parser.parse_args(argv)
     root = Path(args.root)
     runs = load_runs(root) if root.is_dir() else pd.DataFrame()
@@ -785,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     tables = [f"table{n}" for n in args.tables]
+    if args.write:
+        write_pages(root, runs, tables, Path(args.readme), Path(args.page), Path(args.images))
+        print(f"wrote {args.page} and the results part of {args.readme}")
+        return 0
     text = verdict_bullets(root, runs, tables) if args.bullets else render(root, runs, tables)
     print(text, end="")
     if args.out:

@@ -119,12 +119,20 @@ def test_table2_dirichlet_cells(tmp_path):
     for f in fed:
         setting = cell(f, tmp_path).split("/")[3]
         assert f["--partitioner"] == "dir" and setting == f"dir{f['--dir_alpha']}"
+    assert {f["--eval_interval"] for f in fed} == {"10"}  # rounds 0, 10, 20 and 30
+    # the BBC block (opt-in) keeps the every-5th-round evaluation of its committed runs, unless told otherwise
+    bbc = [f for f in runs(dry("table2", tmp_path, BBC="1")) if f["--task_name"].startswith("bbc")]
+    assert len(bbc) == 54 and {f["--eval_interval"] for f in bbc} == {"5"}
+    bbc = [f for f in runs(dry("table2", tmp_path, BBC="1", EVAL_INTERVAL="3")) if f["--task_name"].startswith("bbc")]
+    assert {f["--eval_interval"] for f in bbc} == {"3"}
 
 
 def test_table3_ablation_rows(tmp_path):
     fed = runs(dry("table3", tmp_path))
     rows = {cell(f, tmp_path).split("/")[-1]: f for f in fed}
     assert len(fed) == 5 * 5  # five seeds
+    bbc = [f for f in runs(dry("table3", tmp_path, BBC="1")) if f["--task_name"] == "bbc-pairs"]
+    assert len(bbc) == 5 * 3  # the BBC block keeps its three
     distilled = {m: f["--sub_model_checkpoint"].endswith("-distilled-wiki") for m, f in rows.items()}
     assert distilled == {"FedOT": True, "FedPFT_N": False, "FedPFT_B": True, "FedPFT_D": False, "FedPFT": True}
     assert {m: rows[m]["--align_interval"] for m in ("FedPFT_N", "FedPFT_B", "FedPFT_D", "FedPFT")} == {

@@ -574,3 +574,40 @@ def test_ceilings_follow_table1(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == ["minilm", "wiki-topics (≈ SST-2)", str(ROUNDS), "90.0", f"91.0 ({ROUNDS - 1})", "1", "no"]
     assert make_tables.CEILING_HEADING not in make_tables.render(root, make_tables.load_runs(root), ["table2"])
+
+
+def test_pages_replace_only_the_generated_part(tree, runs, tmp_path):
+    start, end = make_tables.GENERATED
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nkept above\n{start}\nstale text\n{end}\nkept below\n")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "embedded_table1_minilm_wiki-pairs_rounds.png").write_bytes(b"")
+    (images / "embedded_table1_minilm_bbc_bytes.png").write_bytes(b"")
+    (images / "notes.png").write_bytes(b"")  # not a table figure: not linked
+    page = tmp_path / "docs" / "results.md"
+    make_tables.write_pages(tree, runs, ["table1", "table2"], readme, page, images)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nkept above\n") and text.endswith(f"{end}\nkept below\n")
+    assert "stale text" not in text
+    assert make_tables.verdict_bullets(tree, runs, ["table1", "table2"]) in text
+    body = page.read_text()
+    assert make_tables.render(tree, runs, ["table1", "table2"]).rstrip("\n") in body
+    figures = [line for line in body.splitlines() if line.startswith("![")]
+    assert len(figures) == 2 and "wiki-pairs_rounds.png" in figures[0]  # the main block first, then the BBC block
+    assert all(f"]({images.as_posix()}/" in f or "](../" in f for f in figures)
+    with pytest.raises(ValueError, match="must hold the lines"):
+        make_tables.replace_generated("no markers", "x", "README.md")
+
+
+def test_committed_pages_are_current(monkeypatch):
+    """README's generated results part and docs/results.md are what `python scripts/make_tables.py --write` makes of
+    the committed runs: rerun it whenever result files or the figures change."""
+    monkeypatch.chdir(ROOT)
+    root, page, images = Path("results/embedded"), Path("docs/results.md"), Path("images")
+    runs = make_tables.load_runs(root)
+    tables = list(make_tables.TABLES)
+    assert page.read_text() == make_tables.results_page(root, runs, tables, images, "../images/")
+    readme = Path("README.md").read_text()
+    block = make_tables.readme_block(root, runs, tables, page.as_posix())
+    assert make_tables.replace_generated(readme, block, "README.md") == readme
