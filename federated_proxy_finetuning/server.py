@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sub_model_construct.families import backbone, family_of
+from sub_model_construct.progress import Progress
 from sub_model_construct.signals import Interrupted
 from sub_model_construct.train_loop import NonFiniteLossError
 
@@ -180,7 +180,8 @@ class Server:
         if self.f.remote is not None:
             updates = self.f.remote.train(r, lr, [c for c, _ in draws], self, collect)
             return self.check_updates(r, sorted(updates, key=lambda u: u.client))
-        bar = tqdm(total=len(draws), desc=f"round {r} clients", disable=not acc.is_main_process, leave=False)
+        # a bar on a terminal only: elsewhere the round's own log line says it
+        bar = Progress(len(draws), f"round {r} clients", enabled=acc.is_main_process, unit="clients", lines=0)
         updates = []
         for client, _ in draws[acc.process_index :: acc.num_processes]:
             updates.append(self.f.clients.train(client, r, lr, self.global_state, s.seed, collect))

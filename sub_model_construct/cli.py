@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from .progress import interactive
+
 TRUE = {"true", "1", "yes", "y", "on"}
 FALSE = {"false", "0", "no", "n", "off"}
 
@@ -74,6 +76,8 @@ def setup_logging(is_main: bool = True) -> None:
         import datasets
 
         datasets.logging.set_verbosity_error()
+        if not interactive():  # a log file gets our one line per tenth of the work, not datasets' bar frames
+            datasets.disable_progress_bars()
     except ImportError:
         pass
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_scheduler
+
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def train(
     is_main = data_parallel is None or data_parallel.is_main_process
     plan = batch_plan(len(dataset), effective_batch_size, seed, start_step)
     history, window, last_loss, started = [], [], float("nan"), time.perf_counter()
-    bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not (progress and is_main), leave=False)
+    bar = Progress(total_steps, desc, enabled=progress and is_main, initial=start_step)
     hook = os.environ.get(TEST_HOOK)
     try:
         for step in range(start_step, total_steps):
@@ -200,8 +201,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             last_loss = step_loss.item()
             window.append(last_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
+            bar.update(1, loss=f"{last_loss:.4f}")
             if log_every and ((step + 1) % log_every == 0 or step + 1 == total_steps):
                 record = {"step": step + 1, "loss": sum(window) / len(window), "learning_rate": lr}
                 if grad_norm is not None:

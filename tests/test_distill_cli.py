@@ -301,6 +301,11 @@ def test_text_distillation_end_to_end(runs, assets):
     assert log and [r["step"] for r in log] == sorted(r["step"] for r in log) and log[-1]["step"] == 6
     assert all({"loss", "learning_rate", "hidden_loss", "weight_loss"} <= set(r) for r in log)
     assert chain["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    # stderr is a pipe, not a terminal: progress comes as plain lines (one per tenth of the steps), no bar frames
+    assert "\r" not in first.stderr
+    progress = [line for line in first.stderr.splitlines() if line.startswith("distill: ")]
+    assert [line.split()[1] for line in progress] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
+    assert all(", loss " in line and line.endswith(" s") for line in progress)
 
     for folder in (undistilled, chain["out"], chain["out"] / "checkpoint-4"):
         model = load_sub_model(folder)
