@@ -1,4 +1,5 @@
-"""scripts/make_tables.py, its statistics (federated_proxy_finetuning/report/verdicts.py) and scripts/plot_results.py:
+"""The report package (federated_proxy_finetuning/report/: tables, verdicts, pages, figures) and its command lines
+scripts/make_tables.py and scripts/plot_results.py:
 hand-computed paired t-intervals, p-values and Holm adjustments; on a hand-written result tree the means and sample
 stds, unfinished runs, missing optional fields, the best round ≥ 1, the one-class reading of confusion matrices, the
 paper's numbers beside the right cells, the claimed orderings judged on paired per-seed differences (held,
@@ -8,7 +9,6 @@ under results/embedded."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells
+from federated_proxy_finetuning.report.claim_lines import verdict_bullets
+from federated_proxy_finetuning.report.figures import alignment_rounds, method_curves, write_plots
+from federated_proxy_finetuning.report.markdown import CEILING_HEADING, LEGEND, render
+from federated_proxy_finetuning.report.pages import (
+    GENERATED,
+    readme_block,
+    replace_generated,
+    results_page,
+    write_pages,
+)
+from federated_proxy_finetuning.report.paper import BBC_HEADING, PAPER_TASK, TABLES, TASKS, block_of
+from federated_proxy_finetuning.report.runs import CELL, load_runs, predictions, run_record
 from federated_proxy_finetuning.report.verdicts import (
     PairedTest,
     claim_verdict,
@@ -25,25 +38,12 @@ from federated_proxy_finetuning.report.verdicts import (
     link_verdict,
     paired_t,
 )
+from scripts import make_tables, plot_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 ROUNDS, CLIENTS, PROPORTION = 4, 20, 0.2
 SENT, RECEIVED, SHIPPING = 1_000_000, 500_000, 10_000_000  # bytes per trained round, one-time model shipping
-
-
-def load_script(name: str):
-    """Import scripts/<name>.py as module `name` (plot_results imports make_tables by that name)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-make_tables = load_script("make_tables")
-plot_results = load_script("plot_results")
 
 
 def write_run(
@@ -140,18 +140,18 @@ def tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tree):
-    return make_tables.load_runs(tree)
+    return load_runs(tree)
 
 
 def cell(stats, table: str, model: str, task: str, setting: str, method: str):
-    found = stats[(stats[make_tables.CELL] == [table, model, task, setting, method]).all(axis=1)]
+    found = stats[(stats[CELL] == [table, model, task, setting, method]).all(axis=1)]
     assert len(found) == 1
     return found.iloc[0]
 
 
 def judged(tree, runs, table: str, **where) -> dict[str, dict]:
-    cells = make_tables.table_cells(make_tables.cell_stats(runs), table)
-    found = [j for j in make_tables.orderings(cells, table) if all(j.get(k) == v for k, v in where.items())]
+    cells = table_cells(cell_stats(runs), table)
+    found = [j for j in orderings(cells, table) if all(j.get(k) == v for k, v in where.items())]
     return {j["claim"]: j for j in found}
 
 
@@ -164,7 +164,7 @@ def test_load_runs_reads_every_run(runs):
 
 
 def test_cell_stats_means_and_sample_stds(runs):
-    stats = make_tables.cell_stats(runs)
+    stats = cell_stats(runs)
     peft = cell(stats, "table1", "minilm", "bbc", "iid", "FedPETuning")
     assert peft["n"] == 3 and peft["unfinished"] == 0
     assert peft["final_mean"] == pytest.approx(90.0) and peft["final_std"] == pytest.approx(2.0)
@@ -180,7 +180,7 @@ def test_cell_stats_means_and_sample_stds(runs):
 
 
 def test_markdown_cells_paper_numbers_and_missing_fields(tree, runs):
-    text = make_tables.render(tree, runs, ["table1", "table3", "table4"])
+    text = render(tree, runs, ["table1", "table3", "table4"])
     rows = {
         tuple(c.strip() for c in line.split("|")[1:5]): line
         for line in text.splitlines()
@@ -208,7 +208,7 @@ def test_markdown_cells_paper_numbers_and_missing_fields(tree, runs):
 def test_paper_layout_uses_the_same_model_row(tmp_path):
     write_cell(tmp_path, "table1/bert-base-uncased/qnli/iid/FedPFT", [0.86])
     write_cell(tmp_path, "table1/roberta-base/sst2/iid/FedOT", [0.91])
-    text = make_tables.render(tmp_path, make_tables.load_runs(tmp_path), ["table1"])
+    text = render(tmp_path, load_runs(tmp_path), ["table1"])
     assert "| bert-base-uncased | qnli " in text and "| 87.5 " in text and "| 92.8 " in text and "BERT 87.5" not in text
 
 
@@ -242,7 +242,7 @@ def test_orderings_paired_verdicts(tree, runs):
 
 
 def test_markdown_claim_lines(tree, runs):
-    text = make_tables.render(tree, runs, ["table1", "table2"])
+    text = render(tree, runs, ["table1", "table2"])
     assert (
         "- minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT — **held**: FedPETuning 90.0 ≥ FedPFT 89.0: "
         "Δ +2.0 [+2.0, +2.0], n=2, p=0, Holm p=0 → consistent; FedPFT 89.0 > FedOT 81.0: Δ +8.0 [+8.0, +8.0], n=2, "
@@ -255,18 +255,18 @@ def test_markdown_claim_lines(tree, runs):
     assert "FedPFT > FedOT: n/a (missing cell: FedOT)" in text
     # the paper's own Table 2 BERT SST-2 numbers at α=5 have FedPFT above FedPETuning
     assert "[paper: BERT not held, RoBERTa held]" in text
-    assert "noise" not in text and "noise" not in make_tables.LEGEND
+    assert "noise" not in text and "noise" not in LEGEND
     # the header states the test, the Holm family of the block and the pairing on common seeds
     assert "paired t-test on the per-seed differences of final-round accuracy (95 % t-interval, two-sided p)" in text
     assert "Holm's correction across the m = 4 testable links of this block at family-wise α = 0.05" in text
     assert "minilm · bbc · IID: FedPETuning has seeds 1–3, FedPFT 1 2 → paired on 1 2" in text
     assert "the m = 0 testable links" in text  # Table 2: one seed per cell, FedOT missing at α=5
-    table4 = make_tables.render(tree, runs, ["table4"])
+    table4 = render(tree, runs, ["table4"])
     assert "the optimum of p is 0.5 — **contradicted**: p=0.5 69.0 > p=0.3 72.0: Δ −3.0 [−3.0, −3.0], n=2" in table4
 
 
 def test_verdict_bullets(tree, runs, capsys):
-    bullets = make_tables.verdict_bullets(tree, runs, ["table1", "table2"]).splitlines()
+    bullets = verdict_bullets(tree, runs, ["table1", "table2"]).splitlines()
     assert bullets[0] == (
         "- Table 1 (BBC block), minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT is **held**: FedPETuning − FedPFT "
         "+2.0 [+2.0, +2.0] (consistent), FedPFT − FedOT +8.0 [+8.0, +8.0] (held, Holm p 0); 2 seeds. "
@@ -291,7 +291,7 @@ def test_missing_tables_and_root(tmp_path, capsys):
 
 
 def test_plots_written(tree, tmp_path):
-    written, notes = plot_results.write_plots(tree, tmp_path)
+    written, notes = write_plots(tree, tmp_path)
     expected = {
         "embedded_table1_minilm_bbc_rounds.png",
         "embedded_table1_minilm_bbc_bytes.png",
@@ -304,16 +304,16 @@ def test_plots_written(tree, tmp_path):
     }
     assert {p.name for p in written} == expected and notes == []
     assert all(p.stat().st_size > 1000 for p in written)
-    curve = plot_results.method_curves(make_tables.load_runs(tree).query("table == 'table1' and task == 'bbc'"))
+    curve = method_curves(load_runs(tree).query("table == 'table1' and task == 'bbc'"))
     assert curve["FedPETuning"]["mean"].iloc[-1] == pytest.approx(90.0)
     assert curve["FedPETuning"]["mb"].iloc[-1] == pytest.approx((SENT + RECEIVED) * ROUNDS / 1e6)
-    fedpft = make_tables.load_runs(tree).query("table == 'table1' and task == 'bbc'")
-    assert plot_results.alignment_rounds(fedpft) == [2, 4]
+    fedpft = load_runs(tree).query("table == 'table1' and task == 'bbc'")
+    assert alignment_rounds(fedpft) == [2, 4]
 
 
 def test_plot_skips_missing_data(tmp_path):
     write_run(tmp_path / "res", "table1/minilm/bbc/iid/FedPFT", 1, 0.8, finished=False)
-    written, notes = plot_results.write_plots(tmp_path / "res", tmp_path / "img")
+    written, notes = write_plots(tmp_path / "res", tmp_path / "img")
     assert written == [] and "skip res_table1_minilm_bbc_rounds.png: no finished runs with the data it needs" in notes
     assert "skip table2: no runs under" in " ".join(notes)
 
@@ -425,7 +425,7 @@ def test_untestable_cell_from_one_class_predictions(tmp_path):
         write_run(
             tmp_path, "table3/minilm/wiki-pairs/iid/FedPFT_N", seed, 0.50, confusion=ONE_CLASS if seed > 1 else None
         )
-    runs = make_tables.load_runs(tmp_path)
+    runs = load_runs(tmp_path)
     fedot = runs[runs["method"] == "FedOT"].iloc[0]
     assert fedot["one_class"] is True and fedot["predicted_counts"] == [0, 308]
     fedpft = runs[runs["method"] == "FedPFT"].iloc[0]
@@ -437,7 +437,7 @@ def test_untestable_cell_from_one_class_predictions(tmp_path):
     # FedPFT_N: two of three runs predicted one class, the third unknown, so the cell is not untestable
     ablation = claims["FedPFT > FedPFT_B > FedPFT_D > FedPFT_N"]
     assert ablation["verdict"] == "held" and ablation["m"] == 3  # the untestable link left the family
-    text = make_tables.render(tmp_path, runs, ["table3"])
+    text = render(tmp_path, runs, ["table3"])
     rows = {tuple(c.strip() for c in line.split("|")[4:5]): line.split("|") for line in text.splitlines()}
     assert rows["FedOT",][7].strip() == "3/3" and rows["FedPFT",][7].strip() == "0/3"
     assert rows["FedPFT_D",][7].strip() == "–" and rows["FedPFT_N",][7].strip() == "2/2 (1 not recorded)"
@@ -456,9 +456,9 @@ def test_predictions_read_the_metric_split_confusion():
         "eval_mismatched_confusion": [[4, 1, 0], [3, 1, 0], [1, 0, 2]],
     }
     metrics = [{"round": 1, "fm": fm}]
-    assert make_tables.predictions(metrics, "eval_matched_accuracy") == (True, [10, 0, 0])
-    assert make_tables.predictions(metrics, "eval_mismatched_accuracy") == (False, [8, 2, 2])
-    assert make_tables.predictions([{"round": 1, "fm": {"eval_accuracy": 0.5}}], "eval_accuracy") == (None, None)
+    assert predictions(metrics, "eval_matched_accuracy") == (True, [10, 0, 0])
+    assert predictions(metrics, "eval_mismatched_accuracy") == (False, [8, 2, 2])
+    assert predictions([{"round": 1, "fm": {"eval_accuracy": 0.5}}], "eval_accuracy") == (None, None)
 
 
 def test_best_excludes_round_zero(tmp_path):
@@ -466,10 +466,10 @@ def test_best_excludes_round_zero(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     records[0]["fm"]["eval_accuracy"] = 0.95  # the untrained model scores best: not a trained round
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
-    record = make_tables.run_record(tmp_path, run)
+    record = run_record(tmp_path, run)
     assert record["best"] == pytest.approx(0.71) and record["best_round"] == ROUNDS - 1
     (run / "metrics.jsonl").unlink()  # without metrics.jsonl the summary's best stands
-    record = make_tables.run_record(tmp_path, run)
+    record = run_record(tmp_path, run)
     assert record["best"] == pytest.approx(0.71) and record["best_round"] == ROUNDS - 1 and record["one_class"] is None
 
 
@@ -482,19 +482,19 @@ def test_blocks_and_unequal_seed_sets(tmp_path):
     write_cell(tmp_path, "table1/minilm/bbc-pairs/iid/FedPETuning", [0.65, 0.66])
     write_cell(tmp_path, "table4/minilm/wiki-pairs/t5/FedPFT", [0.75, 0.76, 0.74])
     write_cell(tmp_path, "table4/minilm/wiki-pairs/t10/FedPFT", [0.78, 0.79, 0.80, 0.77, 0.81])
-    runs = make_tables.load_runs(tmp_path)
-    text = make_tables.render(tmp_path, runs, ["table1", "table4"])
+    runs = load_runs(tmp_path)
+    text = render(tmp_path, runs, ["table1", "table4"])
     table1 = text.split("### Table 1")[1].split("### Table 4")[0]
-    main, bbc = table1.split(make_tables.BBC_HEADING)
+    main, bbc = table1.split(BBC_HEADING)
     assert "| minilm | wiki-pairs (≈ QNLI) " in main and "bbc-pairs" not in main
     assert "| minilm | bbc-pairs (≈ QNLI) " in bbc and "wiki-pairs" not in bbc
-    assert "308-example evaluation sets" in make_tables.BBC_HEADING
+    assert "308-example evaluation sets" in BBC_HEADING
     assert "the m = 2 testable links of this block" in main and "the m = 2 testable links of this block" in bbc
     assert "`table1`: 9 runs found" in main and "`table1`: 6 runs found" in bbc
-    blocks = {t: make_tables.block_of(t) for t in ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs")}
+    blocks = {t: block_of(t) for t in ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs")}
     assert blocks == {"wiki-topics": "main", "wiki-pairs": "main", "mnist": "main", "bbc": "bbc", "bbc-pairs": "bbc"}
-    assert make_tables.TASKS[:5] == ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs")
-    assert make_tables.PAPER_TASK["wiki-topics"] == "sst2" and make_tables.PAPER_TASK["wiki-pairs"] == "qnli"
+    assert TASKS[:5] == ("wiki-topics", "wiki-pairs", "mnist", "bbc", "bbc-pairs")
+    assert PAPER_TASK["wiki-topics"] == "sst2" and PAPER_TASK["wiki-pairs"] == "qnli"
     table4 = text.split("### Table 4")[1]
     assert "minilm · wiki-pairs · FedPFT: t=10 has seeds 1–5, t=5 1–3 → paired on 1 2 3" in table4
     t_link = judged(tmp_path, runs, "table4")["the optimum of t is 10"]["links"][0]
@@ -510,13 +510,13 @@ COMMITTED = ROOT / "results" / "embedded"
 def committed():
     if not (COMMITTED / "table1").is_dir():
         pytest.skip("no committed runs under results/embedded")
-    return make_tables.load_runs(COMMITTED)
+    return load_runs(COMMITTED)
 
 
 def committed_link(runs, table: str, task: str, setting: str, link: tuple[str, str, str]) -> tuple[dict, dict]:
     """(claim, link) of the minilm claim of `table` in the (task, setting) group holding `link`."""
-    cells = make_tables.table_cells(make_tables.cell_stats(runs), table)
-    for claim in make_tables.orderings(cells, table):
+    cells = table_cells(cell_stats(runs), table)
+    for claim in orderings(cells, table):
         if (claim["model"], claim["task"], claim.get("setting", setting)) == ("minilm", task, setting):
             for found in claim["links"]:
                 if found["link"] == link:
@@ -529,7 +529,7 @@ def test_committed_table1_bbc_pairs_fedpft_over_fedot(committed):
     # differences 6.49 / 1.30 / 7.47: Δ +5.09, sd 3.32, 95 % interval [-3.15, +13.32], p 0.117; Holm across the
     # BBC block's 6 links of Table 1: 0.47 -> inconclusive
     claim, link = committed_link(committed, "table1", "bbc-pairs", "iid", ("FedPFT", ">", "FedOT"))
-    cells = make_tables.cell_stats(committed).set_index(make_tables.CELL)
+    cells = cell_stats(committed).set_index(CELL)
     fedpft, fedot = (cells.loc[("table1", "minilm", "bbc-pairs", "iid", m), "finals"] for m in ("FedPFT", "FedOT"))
     assert [fedpft[s] - fedot[s] for s in (1, 2, 3)] == pytest.approx([6.5, 1.3, 7.5], abs=0.1)
     test = link["test"]
@@ -559,7 +559,7 @@ def test_committed_table3_b_over_d_exceeds_the_seed_std(committed):
     test = link["test"]
     assert (test.delta, test.sd, test.low, test.high) == pytest.approx((3.4, 1.0, 0.9, 5.8), abs=0.1)
     assert test.p == pytest.approx(0.028, abs=0.005) and link["holm_p"] == pytest.approx(0.11, abs=0.01)
-    stds = make_tables.cell_stats(committed).set_index(make_tables.CELL)["final_std"]
+    stds = cell_stats(committed).set_index(CELL)["final_std"]
     assert test.delta > max(stds[("table3", "minilm", "bbc-pairs", "iid", m)] for m in ("FedPFT_B", "FedPFT_D"))
     assert link["verdict"] == "inconclusive" and claim["m"] == 4
 
@@ -568,16 +568,16 @@ def test_ceilings_follow_table1(tmp_path):
     root = tmp_path / "embedded"
     write_cell(root, "table1/minilm/wiki-topics/iid/FedPFT", [0.80, 0.82])
     write_run(root, "ceiling/minilm/wiki-topics/centralised/FedPETuning", 1, 0.90, confusion=[[3, 0], [1, 2]])
-    text = make_tables.render(root, make_tables.load_runs(root), ["table1"])
-    assert text.index("### Table 1") < text.index(make_tables.CEILING_HEADING)
+    text = render(root, load_runs(root), ["table1"])
+    assert text.index("### Table 1") < text.index(CEILING_HEADING)
     row = next(line for line in text.splitlines() if line.startswith("| minilm") and "| 90.0" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == ["minilm", "wiki-topics (≈ SST-2)", str(ROUNDS), "90.0", f"91.0 ({ROUNDS - 1})", "1", "no"]
-    assert make_tables.CEILING_HEADING not in make_tables.render(root, make_tables.load_runs(root), ["table2"])
+    assert CEILING_HEADING not in render(root, load_runs(root), ["table2"])
 
 
 def test_pages_replace_only_the_generated_part(tree, runs, tmp_path):
-    start, end = make_tables.GENERATED
+    start, end = GENERATED
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nkept above\n{start}\nstale text\n{end}\nkept below\n")
     images = tmp_path / "images"
@@ -586,18 +586,18 @@ def test_pages_replace_only_the_generated_part(tree, runs, tmp_path):
     (images / "embedded_table1_minilm_bbc_bytes.png").write_bytes(b"")
     (images / "notes.png").write_bytes(b"")  # not a table figure: not linked
     page = tmp_path / "docs" / "results.md"
-    make_tables.write_pages(tree, runs, ["table1", "table2"], readme, page, images)
+    write_pages(tree, runs, ["table1", "table2"], readme, page, images)
     text = readme.read_text()
     assert text.startswith("# Title\n\nkept above\n") and text.endswith(f"{end}\nkept below\n")
     assert "stale text" not in text
-    assert make_tables.verdict_bullets(tree, runs, ["table1", "table2"]) in text
+    assert verdict_bullets(tree, runs, ["table1", "table2"]) in text
     body = page.read_text()
-    assert make_tables.render(tree, runs, ["table1", "table2"]).rstrip("\n") in body
+    assert render(tree, runs, ["table1", "table2"]).rstrip("\n") in body
     figures = [line for line in body.splitlines() if line.startswith("![")]
     assert len(figures) == 2 and "wiki-pairs_rounds.png" in figures[0]  # the main block first, then the BBC block
     assert all(f"]({images.as_posix()}/" in f or "](../" in f for f in figures)
     with pytest.raises(ValueError, match="must hold the lines"):
-        make_tables.replace_generated("no markers", "x", "README.md")
+        replace_generated("no markers", "x", "README.md")
 
 
 def test_committed_pages_are_current(monkeypatch):
@@ -605,9 +605,9 @@ def test_committed_pages_are_current(monkeypatch):
     the committed runs: rerun it whenever result files or the figures change."""
     monkeypatch.chdir(ROOT)
     root, page, images = Path("results/embedded"), Path("docs/results.md"), Path("images")
-    runs = make_tables.load_runs(root)
-    tables = list(make_tables.TABLES)
-    assert page.read_text() == make_tables.results_page(root, runs, tables, images, "../images/")
+    runs = load_runs(root)
+    tables = list(TABLES)
+    assert page.read_text() == results_page(root, runs, tables, images, "../images/")
     readme = Path("README.md").read_text()
-    block = make_tables.readme_block(root, runs, tables, page.as_posix())
-    assert make_tables.replace_generated(readme, block, "README.md") == readme
+    block = readme_block(root, runs, tables, page.as_posix())
+    assert replace_generated(readme, block, "README.md") == readme

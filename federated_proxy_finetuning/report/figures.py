@@ -1,0 +1,206 @@
+"""The matplotlib figures of the tables (scripts/plot_results.py writes them as PNG files): per model and task of
+Table 1 FM accuracy per round and against cumulative bytes, of Table 2 final accuracy against the Dirichlet α, of
+Table 3 per ablation method and of Table 4 against t and p. A figure whose data is missing is None; only finished
+runs are drawn. Figures are built on matplotlib.figure.Figure, so no pyplot backend is needed."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from federated_proxy_finetuning.report.cells import cell_stats, table_cells
+from federated_proxy_finetuning.report.paper import METHODS
+from federated_proxy_finetuning.report.runs import load_runs, read_metrics
+
+MB = 1e6
+ALPHAS = {"dir1": 1, "dir5": 5, "dir10": 10}
+T_SETTINGS = {"t5": 5, "t10": 10, "t20": 20}  # at p = 0.5
+P_SETTINGS = {"p0.3": 0.3, "t10": 0.5, "p0.8": 0.8}  # at t = 10: the t10 run is the p = 0.5 run
+
+
+def method_color(method: str) -> str:
+    """One colour per method across every figure (tab10 in METHODS order)."""
+    return f"C{METHODS.index(method) % 10}" if method in METHODS else "0.3"
+
+
+def run_curve(path: str, metric: str) -> pd.DataFrame:
+    """round, accuracy (%) and cumulative MB (sent + received; NaN where the run logged no byte counts) of one run's
+    evaluated rounds."""
+    rows, total = [], 0
+    for record in read_metrics(path):
+        counted = "bytes_sent" in record or "bytes_sent_cumulative" in record
+        total += record.get("bytes_sent", 0) + record.get("bytes_received", 0)
+        cumulative = record.get("bytes_sent_cumulative", 0) + record.get("bytes_received_cumulative", 0)
+        if metric in record.get("fm", {}):
+            rows.append(
+                {
+                    "round": record["round"],
+                    "accuracy": record["fm"][metric] * 100,
+                    "mb": (cumulative or total) / MB if counted else math.nan,
+                }
+            )
+    return pd.DataFrame(rows, columns=["round", "accuracy", "mb"])
+
+
+def method_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{method: per-round mean, min and max accuracy and mean cumulative MB over its finished seeds}."""
+    curves = {}
+    for method, group in runs[runs["finished"]].groupby("method"):
+        per_seed = pd.concat([run_curve(r.path, r.metric) for r in group.itertuples()], ignore_index=True)
+        if not per_seed.empty:
+            by_round = per_seed.groupby("round")
+            curves[method] = by_round["accuracy"].agg(["mean", "min", "max"]).join(by_round["mb"].mean()).reset_index()
+    return dict(sorted(curves.items(), key=lambda kv: METHODS.index(kv[0]) if kv[0] in METHODS else len(METHODS)))
+
+
+def alignment_rounds(runs: pd.DataFrame) -> list[int]:
+    """Rounds at whose end a FedPFT run aligned (the first finished FedPFT seed; evaluated rounds or not)."""
+    fedpft = runs[runs["finished"] & (runs["method"] == "FedPFT")]
+    if fedpft.empty:
+        return []
+    return [int(record["round"]) for record in read_metrics(fedpft.iloc[0]["path"]) if record.get("aligned")]
+
+
+def _axes(title: str, xlabel: str, ncols: int = 1, width: float = 7) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width, 4), layout="constrained")
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("FM accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig, axes
+
+
+def figure_rounds(runs: pd.DataFrame, title: str) -> Figure | None:
+    curves = method_curves(runs)
+    if not curves:
+        return None
+    fig, (ax,) = _axes(title + " — FM accuracy per round (mean over seeds, band min–max)", "round")
+    aligned = alignment_rounds(runs)
+    for x in aligned:
+        ax.axvline(x, color="0.4", alpha=0.5, linewidth=0.8, linestyle="--")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for method, curve in curves.items():
+        ax.plot(curve["round"], curve["mean"], color=method_color(method), label=method)
+        ax.fill_between(curve["round"], curve["min"], curve["max"], color=method_color(method), alpha=0.2)
+    ax.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
+    return fig
+
+
+def figure_bytes(runs: pd.DataFrame, title: str) -> Figure | None:
+    curves = method_curves(runs)
+    if not curves:
+        return None
+    curves = {method: curve.dropna(subset=["mb"]) for method, curve in curves.items()}
+    curves = {method: curve for method, curve in curves.items() if not curve.empty}  # runs without byte counts
+    if not curves:
+        return None
+    fig, (ax,) = _axes(title + " — accuracy against communication", "cumulative MB sent + received (training only)")
+    for method, curve in curves.items():
+        ax.plot(curve["mb"], curve["mean"], marker=".", markersize=3, color=method_color(method), label=method)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _errorbars(ax, cells: pd.DataFrame, xs: dict) -> bool:
+    """Final accuracy ± std per method at the settings in `xs` ({setting: x}); False when nothing was drawn."""
+    drawn = False
+    for method, group in cells[cells["setting"].isin(list(xs)) & (cells["n"] > 0)].groupby("method", sort=False):
+        group = group.assign(x=group["setting"].map(xs)).sort_values("x")
+        ax.errorbar(
+            group["x"],
+            group["final_mean"],
+            yerr=group["final_std"].fillna(0),
+            marker="o",
+            capsize=3,
+            color=method_color(method),
+            label=method,
+        )
+        drawn = True
+    if drawn:
+        ax.set_xticks(sorted(xs.values()))
+        ax.legend(fontsize=8)
+    return drawn
+
+
+def figure_alpha(cells: pd.DataFrame, title: str) -> Figure | None:
+    fig, (ax,) = _axes(title + " — final accuracy against Dirichlet α (± seed std)", "Dirichlet α")
+    return fig if _errorbars(ax, cells, ALPHAS) else None
+
+
+def figure_ablation(cells: pd.DataFrame, title: str) -> Figure | None:
+    cells = cells[cells["n"] > 0]
+    if cells.empty:
+        return None
+    fig, (ax,) = _axes(title + " — ablation, final accuracy (± seed std)", "method")
+    labels = cells["method"] + cells["shared_from"].map(lambda t: f" ({t})" if t else "")
+    ax.bar(
+        labels,
+        cells["final_mean"],
+        yerr=cells["final_std"].fillna(0),
+        capsize=4,
+        color=[method_color(m) for m in cells["method"]],
+    )
+    low = (cells["final_mean"] - cells["final_std"].fillna(0)).min()
+    ax.set_ylim(max(0, low - 5), None)
+    return fig
+
+
+def figure_t_p(cells: pd.DataFrame, title: str) -> Figure | None:
+    fig, (left, right) = _axes(title + " — final accuracy (± seed std)", "", ncols=2, width=10)
+    left.set_xlabel("alignment interval t (p = 0.5)")
+    right.set_xlabel("updated-neuron proportion p (t = 10)")
+    drawn = [_errorbars(left, cells, T_SETTINGS), _errorbars(right, cells, P_SETTINGS)]
+    return fig if any(drawn) else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def figures(root: str | Path, runs: pd.DataFrame) -> Iterator[tuple[str, Figure | None]]:
+    """(file name, figure or None when its data is missing) for every file scripts/plot_results.py lists."""
+    prefix = _slug(Path(root).resolve().name)
+    stats = cell_stats(runs)
+    table1 = runs[(runs["table"] == "table1") & (runs["setting"] == "iid")]
+    for (model, task), group in table1.groupby(["model", "task"]):
+        name = f"{prefix}_table1_{_slug(model)}_{_slug(task)}"
+        yield f"{name}_rounds.png", figure_rounds(group, f"{model} · {task}")
+        yield f"{name}_bytes.png", figure_bytes(group, f"{model} · {task}")
+    per_table = {
+        "table2": ("alpha", figure_alpha),
+        "table3": ("ablation", figure_ablation),
+        "table4": ("t_p", figure_t_p),
+    }
+    for table, (suffix, draw) in per_table.items():
+        if not (stats["table"] == table).any():
+            continue
+        cells = table_cells(stats, table)
+        for (model, task), group in cells.groupby(["model", "task"], sort=False):
+            yield f"{prefix}_{table}_{_slug(model)}_{_slug(task)}_{suffix}.png", draw(group, f"{model} · {task}")
+
+
+def write_plots(root: str | Path, out: str | Path) -> tuple[list[Path], list[str]]:
+    """Save every figure under `out`; returns (written paths, notes on skipped figures and tables)."""
+    runs = load_runs(root)
+    out = Path(out)
+    written, notes = [], []
+    tables = set(runs["table"])
+    notes += [
+        f"skip {t}: no runs under {Path(root) / t}" for t in ("table1", "table2", "table3", "table4") if t not in tables
+    ]
+    for name, fig in figures(root, runs):
+        if fig is None:
+            notes.append(f"skip {name}: no finished runs with the data it needs")
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / name, dpi=120)
+        written.append(out / name)
+    return written, notes
