@@ -40,18 +40,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from federated_proxy_finetuning.adapters import adapter_state, aggregate, load_adapter, with_lora  # noqa: E402
-from sub_model_construct.families import FAMILIES, family_of  # noqa: E402
-from sub_model_construct.sub_model import (  # noqa: E402
+from federated_proxy_finetuning.adapters import adapter_state, aggregate, load_adapter, with_lora
+from sub_model_construct.families import FAMILIES, family_of
+from sub_model_construct.sub_model import (
     build_layer_drop_emulator,
     build_sub_model,
     encoder_layer_parameters,
     load_sub_model,
     save_sub_model,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = {"fm": "FM (FedPETuning)", "sub": "sub-FM (FedPFT)", "emulator": "emulator (FedOT)"}
 MPNET = ROOT / "pretrain_models" / "all-mpnet-base-v2"

@@ -20,10 +20,6 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 # flags that do not change a run's training or its final evaluation: when it evaluates, whether the sub-FM is also
 # evaluated, where its files, caches and partitions go, how it was started
 IGNORED = frozenset(
