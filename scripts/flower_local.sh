@@ -9,7 +9,8 @@
 #
 # SuperNode i holds client (partition) i, so --num_clients must equal --supernodes. Relative paths in the fedtune
 # flags are read from the current directory, as with fedtune.py. Everything runs without TLS, which is only
-# acceptable on the loopback interface; for separate hosts see the README ("Flower").
+# acceptable on the loopback interface; for separate hosts see docs/multi-process-and-flower.md
+# ("Across hosts").
 # Environment: PY (default .venv/bin/python), FLOWER_WORK (logs and Flower state; default a temporary folder,
 # kept when the run fails). Needs the Flower extra: pip install -e '.[flower]'.
 set -euo pipefail

@@ -128,7 +128,7 @@ def _parser_type(f: dataclasses.Field):
 
 
 def help_text(f: dataclasses.Field) -> str | None:
-    """The field's help with its valid range (what --help shows and the README table lists)."""
+    """The field's help with its valid range (what --help shows and the table in docs/flags.md lists)."""
     m = f.metadata
     text = m.get("help") or ""
     if m.get("valid") is not None:
