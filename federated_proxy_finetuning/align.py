@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from sub_model_construct.distill_model import LayerKD, prepare_for_distillation
-from sub_model_construct.families import Family, backbone, encoder_layers, family_of, ffn_linears
+from sub_model_construct.families import Family, backbone, encoder_layers, family_of
+from sub_model_construct.ffn import changed_count, frozen_state
 from sub_model_construct.train_loop import OptimConfig, steps_for, train
 
 from .settings import AlignSettings
@@ -36,7 +37,7 @@ class ZeroActivationCounter:
         self.positions: dict[int, int] = {}
         self._handles = []
         for i in layers:
-            out_linear = ffn_linears(blocks[i], family)[1]
+            out_linear = family.ffn.output_linear(blocks[i])
             self.zero_counts[i] = torch.zeros(out_linear.in_features, dtype=torch.long)
             self.positions[i] = 0
             self._handles.append(out_linear.register_forward_pre_hook(self._hook(i)))
@@ -95,46 +96,27 @@ class FrozenNeurons:
 
     def __init__(self, model: nn.Module, family: Family, frozen: dict[int, torch.Tensor]) -> None:
         blocks = encoder_layers(model, family)
-        self.items = []
+        self.items = []  # (slice of a per-neuron tensor, frozen neuron indices, their saved values)
         for layer, idx in frozen.items():
-            w_in, w_out = ffn_linears(blocks[layer], family)
-            idx = idx.to(w_in.weight.device)
-            saved = (
-                w_in.weight[idx].clone(),
-                w_in.bias[idx].clone() if w_in.bias is not None else None,
-                w_out.weight[:, idx].clone(),
-            )
-            self.items.append((w_in, w_out, idx, saved))
+            for piece, saved in frozen_state(family.ffn, blocks[layer], idx):
+                self.items.append((piece, idx.to(piece.param.device), saved))
 
     def mask_gradients(self) -> None:
-        for w_in, w_out, idx, _ in self.items:
-            if w_in.weight.grad is not None:
-                w_in.weight.grad[idx] = 0
-            if w_in.bias is not None and w_in.bias.grad is not None:
-                w_in.bias.grad[idx] = 0
-            if w_out.weight.grad is not None:
-                w_out.weight.grad[:, idx] = 0
+        for piece, idx, _ in self.items:
+            if piece.param.grad is not None:
+                piece.param.grad.index_fill_(piece.axis, idx, 0)
 
     @torch.no_grad()
     def restore(self) -> None:
-        for w_in, w_out, idx, (win_rows, bin_rows, wout_cols) in self.items:
-            w_in.weight[idx] = win_rows
-            if bin_rows is not None:
-                w_in.bias[idx] = bin_rows
-            w_out.weight[:, idx] = wout_cols
+        for piece, idx, saved in self.items:
+            piece.param.index_copy_(piece.axis, idx, saved)
 
 
 def alignment_parameters(model: nn.Module, family: Family, layers: Sequence[int]) -> list[tuple[str, nn.Parameter]]:
     """FFN in/out weights and biases (+ the post-FFN LayerNorm for BERT/RoBERTa) of the compressed layers: the
     reference's dense2 of both split modules plus the shared output bias and LayerNorm (spec §4.10 step 3)."""
     blocks = encoder_layers(model, family)
-    named = []
-    for i in layers:
-        parts = [family.ffn_in, family.ffn_out] + ([family.ffn_out_norm] if family.ffn_out_norm else [])
-        for part in parts:
-            for pname, param in blocks[i].get_submodule(part).named_parameters():
-                named.append((f"{family.layers}.{i}.{part}.{pname}", param))
-    return named
+    return [(f"{family.layers}.{i}.{name}", param) for i in layers for name, param in family.ffn.parameters(blocks[i])]
 
 
 def split_all(rates: dict[int, torch.Tensor] | None, layers: Sequence[int], retained_ratio: float, seed: int):
@@ -233,22 +215,14 @@ def updated_neurons(model: nn.Module, family: Family, layers: Sequence[int], upd
     """Per aligned layer, the neurons the clients must receive afterwards (communication.SubFMSync): all of them
     where nothing was frozen. Not part of the JSON log."""
     blocks = encoder_layers(model, family)
-    return {i: updated.get(i, torch.arange(ffn_linears(blocks[i], family)[0].out_features)) for i in layers}
+    return {i: updated.get(i, torch.arange(family.ffn.width(blocks[i]))) for i in layers}
 
 
 def changed_parameters(model: nn.Module, family: Family, layers: Sequence[int], frozen: dict) -> int:
     """Parameters an alignment can change, i.e. what the server sends to clients afterwards (Fig. 2's W_fro
     update): the updated neurons' rows/columns plus the shared output bias (and LayerNorm)."""
     blocks = encoder_layers(model, family)
-    total = 0
-    for i in layers:
-        w_in, w_out = ffn_linears(blocks[i], family)
-        updated = w_in.out_features - (frozen[i].numel() if i in frozen else 0)
-        total += updated * (w_in.in_features + (w_in.bias is not None) + w_out.out_features)
-        total += w_out.out_features if w_out.bias is not None else 0
-        if family.ffn_out_norm:
-            total += sum(p.numel() for p in blocks[i].get_submodule(family.ffn_out_norm).parameters())
-    return total
+    return sum(changed_count(family.ffn, blocks[i], frozen[i].numel() if i in frozen else 0) for i in layers)
 
 
 def next_grad_accum(current: int, floor: int, epochs: float) -> int:

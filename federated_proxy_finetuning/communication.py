@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sub_model_construct.families import Family, encoder_layers, ffn_linears
+from sub_model_construct.families import Family, encoder_layers
 
 
 @dataclass(frozen=True)
@@ -37,24 +37,20 @@ def ffn_shapes(model: nn.Module, family: Family, layers: list[int]) -> dict[int,
     blocks = encoder_layers(model, family)
     shapes = {}
     for i in layers:
-        w_in, w_out = ffn_linears(blocks[i], family)
-        per_neuron = w_in.in_features + (w_in.bias is not None) + w_out.out_features
-        shared = w_out.out_features if w_out.bias is not None else 0
-        if family.ffn_out_norm:
-            shared += sum(p.numel() for p in blocks[i].get_submodule(family.ffn_out_norm).parameters())
-        shapes[i] = FFNShape(per_neuron, shared, w_in.out_features)
+        ffn = family.ffn
+        shapes[i] = FFNShape(ffn.per_neuron(blocks[i]), ffn.shared_count(blocks[i]), ffn.width(blocks[i]))
     return shapes
 
 
-def model_bytes(model: nn.Module, head: str) -> int:
+def model_bytes(model: nn.Module, head: tuple[str, ...]) -> int:
     """Bytes of the client model a client must hold before its first round: its state dict (parameters and
-    persistent buffers) except the LoRA matrices and the head (those travel as the adapter)."""
+    persistent buffers) except the LoRA matrices and the head modules (those travel as the adapter)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     total = 0
     for name, tensor in base.state_dict().items():
         if "lora_" in name or "modules_to_save" in name or "original_module" in name:
             continue
-        if name.startswith(f"{head}."):  # the head is part of the adapter
+        if name.startswith(tuple(f"{h}." for h in head)):  # the head is part of the adapter
             continue
         total += tensor.numel() * tensor.element_size()
     return total

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sub_model_construct.families import backbone, encoder_layers, family_of, ffn_linears
+from sub_model_construct.families import backbone, encoder_layers, family_of
 
 from .client import ClientUpdate
 
@@ -84,44 +84,41 @@ def client_model_payload(client_model) -> RecordDict:
     return RecordDict({"config": config, "client_model": _record(state)})
 
 
+def _wire_names(ffn) -> dict[str, str]:
+    """Short payload names of an FFN's modules: `in` (`in0`, `in1`, ... for several inputs), `out`, `norm`."""
+    names = {name: "in" if len(ffn.inputs) == 1 else f"in{k}" for k, name in enumerate(ffn.inputs)}
+    return names | {ffn.output: "out"} | ({ffn.norm: "norm"} if ffn.norm else {})
+
+
+def _wire_key(layer: int, tensor: str, names: dict[str, str]) -> str:
+    module, _, param = tensor.rpartition(".")
+    return f"{layer}.{names[module]}.{param}"
+
+
 def ffn_changes(client_model, changes: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The values of the sub-FM parameters listed in `changes` ({layer: neurons}): the neurons' input rows and
-    biases and output columns, plus each touched layer's shared output bias and post-FFN LayerNorm."""
+    """The values of the sub-FM parameters listed in `changes` ({layer: neurons}): the neurons' slices of the FFN's
+    input and output matrices, plus each touched layer's shared output bias and post-FFN norm (ffn.FFN)."""
     family = family_of(backbone(client_model).config)
-    blocks = encoder_layers(client_model, family)
+    blocks, names = encoder_layers(client_model, family), _wire_names(family.ffn)
     out = {}
     for layer, neurons in changes.items():
-        w_in, w_out = ffn_linears(blocks[layer], family)
         out[f"{layer}.neurons"] = neurons.to(torch.int64)
-        out[f"{layer}.in.weight"] = w_in.weight.detach()[neurons].cpu().contiguous()
-        if w_in.bias is not None:
-            out[f"{layer}.in.bias"] = w_in.bias.detach()[neurons].cpu().contiguous()
-        out[f"{layer}.out.weight"] = w_out.weight.detach()[:, neurons].cpu().contiguous()
-        if w_out.bias is not None:
-            out[f"{layer}.out.bias"] = w_out.bias.detach().cpu().clone()
-        if family.ffn_out_norm:
-            for name, p in blocks[layer].get_submodule(family.ffn_out_norm).named_parameters():
-                out[f"{layer}.norm.{name}"] = p.detach().cpu().clone()
+        for tensor, value in family.ffn.neuron_state(blocks[layer], neurons).items():
+            out[_wire_key(layer, tensor, names)] = value
     return out
 
 
 @torch.no_grad()
 def apply_ffn_changes(client_model, state: dict[str, torch.Tensor]) -> None:
     family = family_of(backbone(client_model).config)
-    blocks = encoder_layers(client_model, family)
+    blocks, names = encoder_layers(client_model, family), _wire_names(family.ffn)
     layers = sorted({int(k.split(".", 1)[0]) for k in state})
     for layer in layers:
         neurons = state[f"{layer}.neurons"].long()
-        w_in, w_out = ffn_linears(blocks[layer], family)
-        w_in.weight[neurons] = state[f"{layer}.in.weight"]
-        if w_in.bias is not None:
-            w_in.bias[neurons] = state[f"{layer}.in.bias"]
-        w_out.weight[:, neurons] = state[f"{layer}.out.weight"]
-        if w_out.bias is not None:
-            w_out.bias.copy_(state[f"{layer}.out.bias"])
-        if family.ffn_out_norm:
-            for name, p in blocks[layer].get_submodule(family.ffn_out_norm).named_parameters():
-                p.copy_(state[f"{layer}.norm.{name}"])
+        tensors = [s.name for s in family.ffn.neuron_slices(blocks[layer])]
+        tensors += [name for name, _ in family.ffn.shared(blocks[layer])]
+        values = {tensor: state[_wire_key(layer, tensor, names)] for tensor in tensors}
+        family.ffn.load_neuron_state(blocks[layer], neurons, values)
 
 
 def _state(record: ArrayRecord) -> dict[str, torch.Tensor]:

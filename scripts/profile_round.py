@@ -225,7 +225,7 @@ def align_runs(server, accelerator, steps: int) -> tuple[dict[str, Callable[[], 
     (accumulation halved once from its start), frozen neurons drawn from random zero-activation rates."""
     from federated_proxy_finetuning.align import align, alignment_parameters, next_grad_accum, restoring_modes
     from sub_model_construct.distill_model import prepare_for_distillation
-    from sub_model_construct.families import backbone, encoder_layers, family_of, ffn_linears
+    from sub_model_construct.families import backbone, encoder_layers, family_of
     from sub_model_construct.train_loop import fetch, to_device
 
     f, aligner = server.f, server.f.aligner
@@ -237,7 +237,7 @@ def align_runs(server, accelerator, steps: int) -> tuple[dict[str, Callable[[], 
     family = family_of(backbone(student).config)
     blocks = encoder_layers(student, family)
     generator = torch.Generator().manual_seed(0)
-    rates = {i: torch.rand(ffn_linears(blocks[i], family)[0].out_features, generator=generator) for i in aligner.layers}
+    rates = {i: torch.rand(family.ffn.width(blocks[i]), generator=generator) for i in aligner.layers}
     micro = [
         to_device(aligner.collate(fetch(data, range(b, b + settings.batch_size))), device)
         for b in range(0, len(data), settings.batch_size)

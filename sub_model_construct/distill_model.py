@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .families import Family, backbone, encoder_layers, family_of, ffn_linears
+from .families import Family, backbone, encoder_layers, family_of
 
 
 def normalised_mse(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -18,8 +18,7 @@ def normalised_mse(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor
 
 def ffn_product(layer: nn.Module, family: Family) -> torch.Tensor:
     """M = W_out · W_in (d x d) of one layer's FFN: the quantity the weight term aligns (spec §3.3)."""
-    w_in, w_out = ffn_linears(layer, family)
-    return w_out.weight @ w_in.weight
+    return family.ffn.product(layer)
 
 
 class _Enough(Exception):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from .ffn import FFN
+
 
 @dataclass(frozen=True)
 class Family:
@@ -17,11 +19,9 @@ class Family:
 
     name: str
     layers: str  # ModuleList of encoder layers, relative to the backbone
-    ffn_in: str  # Linear d -> D, relative to a layer (rows = neurons)
-    ffn_out: str  # Linear D -> d, relative to a layer (columns = neurons)
-    ffn_out_norm: str | None  # LayerNorm applied after the FFN residual (post-LN families only)
+    ffn: FFN  # the FFN's input matrices (rows = neurons), output matrix (columns = neurons) and shared norm (ffn.py)
     attention: tuple[str, ...]  # query, key, value, output projections, relative to a layer (LoRA targets)
-    head: str  # classification head module name on the *ForSequence/ImageClassification model
+    head: tuple[str, ...]  # classification head module(s) on the *ForSequence/ImageClassification model
     modality: str  # "text" or "image"
     ffn_dropout: str  # dropout applied to the FFN output, relative to a layer (ViT shares it with attention)
     # spec §3.2: substrings that keep a compressed layer's parameter out of the distillation trainable set
@@ -35,11 +35,9 @@ class Family:
 _BERT = Family(
     name="bert",
     layers="encoder.layer",
-    ffn_in="intermediate.dense",
-    ffn_out="output.dense",
-    ffn_out_norm="output.LayerNorm",
+    ffn=FFN(inputs=("intermediate.dense",), output="output.dense", norm="output.LayerNorm"),
     attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
-    head="classifier",
+    head=("classifier",),
     modality="text",
     ffn_dropout="output.dropout",
 )
@@ -60,14 +58,23 @@ FAMILIES: dict[str, Family] = {
     "vit": Family(
         name="vit",
         layers="layers",
-        ffn_in="mlp.fc1",
-        ffn_out="mlp.fc2",
-        ffn_out_norm=None,
+        ffn=FFN(inputs=("mlp.fc1",), output="mlp.fc2"),
         attention=("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
-        head="classifier",
+        head=("classifier",),
         modality="image",
         ffn_dropout="dropout",
         frozen_in_distillation=("attention", "layernorm"),
+    ),
+    # DistilBERT: its config names the FFN width `hidden_dim` (read from the modules here, never from the config), and
+    # its classification head is two modules (`pre_classifier`, then `classifier`), both trained and communicated
+    "distilbert": Family(
+        name="distilbert",
+        layers="transformer.layer",
+        ffn=FFN(inputs=("ffn.lin1",), output="ffn.lin2", norm="output_layer_norm"),
+        attention=("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
+        head=("pre_classifier", "classifier"),
+        modality="text",
+        ffn_dropout="ffn.dropout",
     ),
 }
 
@@ -106,12 +113,3 @@ def backbone(model: nn.Module) -> nn.Module:
 
 def encoder_layers(model: nn.Module, family: Family) -> nn.ModuleList:
     return backbone(model).get_submodule(family.layers)
-
-
-def ffn_linears(layer: nn.Module, family: Family) -> tuple[nn.Linear, nn.Linear]:
-    """(W_in, W_out) Linear modules of one layer's FFN."""
-    return layer.get_submodule(family.ffn_in), layer.get_submodule(family.ffn_out)
-
-
-def ffn_width(layer: nn.Module, family: Family) -> int:
-    return ffn_linears(layer, family)[0].out_features

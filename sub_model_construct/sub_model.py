@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from . import reads
-from .families import Family, backbone, encoder_layers, family_of, ffn_linears
+from .families import backbone, encoder_layers, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -32,57 +32,39 @@ class SubModelError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- saliency (§2.2)
-def neuron_saliency(w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-    """s_j = || [W_in[j,:], W_out[:,j]] ||_2 for W_in [D, d] and W_out [d, D]; biases excluded (spec §2.2)."""
-    return torch.sqrt(w_in.float().pow(2).sum(dim=1) + w_out.float().pow(2).sum(dim=0))
-
-
 def select_neurons(saliency: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` most salient neurons, in their original (ascending) order (spec §2.2)."""
     top = torch.topk(saliency, keep, largest=True, sorted=True).indices
     return torch.sort(top).values
 
 
-# ----------------------------------------------------------------------------------------------- FFN surgery
-def _replace(layer: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = layer.get_submodule(parent_path) if parent_path else layer
-    setattr(parent, child, new)
+def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
+    owner_path, _, child = path.rpartition(".")
+    owner = parent.get_submodule(owner_path) if owner_path else parent
+    setattr(owner, child, new)
 
 
-def slice_ffn(layer: nn.Module, family: Family, neurons: torch.Tensor) -> None:
-    """Keep only `neurons` of this layer's FFN: rows of W_in/b_in and columns of W_out; b_out kept whole."""
-    w_in, w_out = ffn_linears(layer, family)
-    new_in = nn.Linear(w_in.in_features, len(neurons), bias=w_in.bias is not None)
-    new_out = nn.Linear(len(neurons), w_out.out_features, bias=w_out.bias is not None)
-    new_in.to(dtype=w_in.weight.dtype, device=w_in.weight.device)
-    new_out.to(dtype=w_out.weight.dtype, device=w_out.weight.device)
-    with torch.no_grad():
-        new_in.weight.copy_(w_in.weight[neurons])
-        if w_in.bias is not None:
-            new_in.bias.copy_(w_in.bias[neurons])
-        new_out.weight.copy_(w_out.weight[:, neurons])
-        if w_out.bias is not None:
-            new_out.bias.copy_(w_out.bias)
-    _replace(layer, family.ffn_in, new_in)
-    _replace(layer, family.ffn_out, new_out)
-
-
-def resize_ffn(layer: nn.Module, family: Family, width: int) -> None:
-    """Swap in FFN Linears of `width` neurons (uninitialised contents; the caller loads weights)."""
-    w_in, w_out = ffn_linears(layer, family)
-    if w_in.out_features == width:
-        return
-    _replace(layer, family.ffn_in, nn.Linear(w_in.in_features, width, bias=w_in.bias is not None))
-    _replace(layer, family.ffn_out, nn.Linear(width, w_out.out_features, bias=w_out.bias is not None))
+def fm_ffn_width(config: PretrainedConfig) -> int:
+    """The FFN width of a model of this config, read from its modules (built on the meta device: no memory, no
+    weights), so a family whose config names its FFN width otherwise needs nothing more than its table row."""
+    family = family_of(config)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return family.ffn.width(encoder_layers(model, family)[0])
 
 
 # ----------------------------------------------------------------------------------------------- validation
 def validate_construction(
-    config: PretrainedConfig, layers_retained: Sequence[int], intermediate_rank: int, qk_rank: int
+    config: PretrainedConfig,
+    layers_retained: Sequence[int],
+    intermediate_rank: int,
+    qk_rank: int,
+    ffn_width: int | None = None,
 ) -> None:
-    """Raise SubModelError with one clear sentence for any argument the construction cannot honour."""
-    n_layers, d, d_ffn = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    """Raise SubModelError with one clear sentence for any argument the construction cannot honour. `ffn_width`:
+    the FM's FFN width when known (else read from a meta-device model of the config)."""
+    n_layers, d = config.num_hidden_layers, config.hidden_size
+    d_ffn = fm_ffn_width(config) if ffn_width is None else ffn_width
     if intermediate_rank <= 0 or intermediate_rank > d_ffn:
         raise SubModelError(f"--intermediate_rank must be in 1..{d_ffn} (the FM's FFN width), got {intermediate_rank}")
     bad = [i for i in layers_retained if not 0 <= i < n_layers]
@@ -107,14 +89,14 @@ def build_sub_model(
     config = fm.config
     family = family_of(config)
     qk_rank = config.hidden_size if qk_rank is None else qk_rank
-    validate_construction(config, layers_retained, intermediate_rank, qk_rank)
+    ffn = family.ffn
+    validate_construction(config, layers_retained, intermediate_rank, qk_rank, ffn.width(encoder_layers(fm, family)[0]))
     sub = copy.deepcopy(fm)
     widths = []
     for i, layer in enumerate(encoder_layers(sub, family)):
         if i not in layers_retained:
-            w_in, w_out = ffn_linears(layer, family)
-            slice_ffn(layer, family, select_neurons(neuron_saliency(w_in.weight, w_out.weight), intermediate_rank))
-        widths.append(ffn_linears(layer, family)[0].out_features)
+            ffn.slice(layer, select_neurons(ffn.saliency(layer), intermediate_rank))
+        widths.append(ffn.width(layer))
     n = config.num_hidden_layers
     _record_sub_config(
         sub.config,
@@ -157,6 +139,7 @@ def build_layer_drop_emulator(
     kept = uniform_drop_plan(n, adapter_bottom, adapter_top, emulator_layers)
     sub = copy.deepcopy(fm)
     layers = encoder_layers(sub, family)
+    widths = [family.ffn.width(layers[i]) for i in kept]
     new_layers = nn.ModuleList([layers[i] for i in kept])
     _replace(backbone(sub), family.layers, new_layers)
     targets = [(kept[j + 1] - 1) if j + 1 < len(kept) else n - 1 for j in range(len(kept))]
@@ -165,9 +148,9 @@ def build_layer_drop_emulator(
     _record_sub_config(
         sub.config,
         layers_retained=retained,
-        intermediate_rank=config.intermediate_size,
+        intermediate_rank=max(widths),
         qk_rank=config.hidden_size,
-        ffn_widths=[config.intermediate_size] * len(kept),
+        ffn_widths=widths,
         layer_map=kept,
         layer_targets=targets,
         fm_num_hidden_layers=n,
@@ -240,7 +223,7 @@ def sub_model_from_config(config, model_class=AutoModel, source: str = "config")
     if len(layers) != len(config.ffn_widths):
         raise SubModelError(f"{source}: config lists {len(config.ffn_widths)} FFN widths for {len(layers)} layers")
     for layer, width in zip(layers, config.ffn_widths):
-        resize_ffn(layer, family, width)
+        family.ffn.resize(layer, width)
     return model
 
 

@@ -20,7 +20,7 @@ from federated_proxy_finetuning.align import (
 from federated_proxy_finetuning.client import client_seed, round_learning_rate
 from federated_proxy_finetuning.server import sample_schedule
 from federated_proxy_finetuning.settings import AlignSettings
-from sub_model_construct.families import FAMILIES, encoder_layers, ffn_linears
+from sub_model_construct.families import FAMILIES, encoder_layers
 from sub_model_construct.sub_model import build_sub_model, compressed_layers
 from tests import tiny
 
@@ -92,7 +92,7 @@ def test_lora_regex_targets_q_k_v_o_of_chosen_layers(family):
     for name in fam.attention:
         assert pattern.match(f"{prefix}{fam.layers}.1.{name}")
         assert not pattern.match(f"{prefix}{fam.layers}.2.{name}")
-    assert not pattern.match(f"{prefix}{fam.layers}.1.{fam.ffn_in}")
+    assert not pattern.match(f"{prefix}{fam.layers}.1.{fam.ffn.inputs[0]}")
 
 
 def test_split_neurons_freezes_lowest_zero_rates():
@@ -124,7 +124,7 @@ def test_zero_activation_counter_counts_positions_and_zeros(tiny_pair):
     layers = compressed_layers(sub.config)
     counter = ZeroActivationCounter(sub, layers)
     # force exact zeros in one neuron of layer 1: a huge negative bias gives GELU(-inf-ish) == 0
-    w_in, _ = ffn_linears(encoder_layers(sub, FAMILIES["bert"])[1], FAMILIES["bert"])
+    w_in, _ = tiny.ffn_pair(encoder_layers(sub, FAMILIES["bert"])[1], FAMILIES["bert"])
     with torch.no_grad():
         w_in.bias[5] = -1e4
     sub(input_ids=torch.randint(5, 40, (2, 7)))
@@ -143,10 +143,12 @@ def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_
     mask = FrozenNeurons.mask_gradients
 
     def checked_mask(self):
-        before = [w_in.weight.grad[idx].abs().sum().item() for w_in, _, idx, _ in self.items]
+        grads = [(piece.param.grad, piece.axis, idx) for piece, idx, _ in self.items if piece.param.grad is not None]
+        before = [grad.index_select(axis, idx).abs().sum().item() for grad, axis, idx in grads]
         mask(self)
-        for w_in, w_out, idx, _ in self.items:
-            assert w_in.weight.grad[idx].abs().sum() == 0 and w_out.weight.grad[:, idx].abs().sum() == 0
+        assert {piece.name for piece, _, _ in self.items} >= {"intermediate.dense.weight", "output.dense.weight"}
+        for grad, axis, idx in grads:  # every per-neuron tensor: input rows, their bias, output columns
+            assert grad.index_select(axis, idx).abs().sum() == 0
         masked.append(sum(before) > 0)
 
     monkeypatch.setattr(FrozenNeurons, "mask_gradients", checked_mask)
@@ -169,8 +171,8 @@ def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_
     assert len(masked) == 4 and all(masked)  # every step masked frozen neurons that had gradients
     for i in layers:
         frozen, updated = split_neurons(rates[i], 0.5, torch.Generator().manual_seed(0))
-        new_in, new_out = ffn_linears(encoder_layers(sub, family)[i], family)
-        old_in, old_out = ffn_linears(encoder_layers(before, family)[i], family)
+        new_in, new_out = tiny.ffn_pair(encoder_layers(sub, family)[i], family)
+        old_in, old_out = tiny.ffn_pair(encoder_layers(before, family)[i], family)
         assert torch.equal(new_in.weight[frozen], old_in.weight[frozen])
         assert torch.equal(new_in.bias[frozen], old_in.bias[frozen])
         assert torch.equal(new_out.weight[:, frozen], old_out.weight[:, frozen])

@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
 from federated_proxy_finetuning import flower_app  # noqa: E402
 from federated_proxy_finetuning.client import ClientUpdate  # noqa: E402
 from federated_proxy_finetuning.communication import SubFMSync, ffn_shapes  # noqa: E402
-from sub_model_construct.families import encoder_layers, family_of, ffn_linears  # noqa: E402
+from sub_model_construct.families import encoder_layers, family_of  # noqa: E402
 from sub_model_construct.sub_model import build_sub_model  # noqa: E402
 from tests import tiny  # noqa: E402
 
@@ -53,15 +53,15 @@ def test_ffn_changes_bring_a_stale_copy_to_the_servers_sub_fm(sub_fm):
     changes = {1: torch.tensor([0, 3, 7]), 2: torch.tensor([15])}
     with torch.no_grad():  # an alignment: the updated neurons' rows and columns, shared bias and LayerNorm
         for layer, neurons in changes.items():
-            w_in, w_out = ffn_linears(blocks[layer], family)
+            w_in, w_out = tiny.ffn_pair(blocks[layer], family)
             w_in.weight[neurons] += 1.0
             w_in.bias[neurons] -= 0.5
             w_out.weight[:, neurons] *= 2.0
             w_out.bias += 0.25
-            blocks[layer].get_submodule(family.ffn_out_norm).weight.mul_(1.5)
+            blocks[layer].get_submodule(family.ffn.norm).weight.mul_(1.5)
     payload = flower_app.ffn_changes(server, changes)
     assert not torch.equal(
-        ffn_linears(encoder_layers(client, family)[1], family)[0].weight, blocks[1].intermediate.dense.weight
+        tiny.ffn_pair(encoder_layers(client, family)[1], family)[0].weight, blocks[1].intermediate.dense.weight
     )
     flower_app.apply_ffn_changes(client, payload)
     for (name, a), (_, b) in zip(server.state_dict().items(), client.state_dict().items()):

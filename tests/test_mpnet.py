@@ -24,7 +24,6 @@ from sub_model_construct.families import (
     backbone,
     encoder_layers,
     family_of,
-    ffn_linears,
 )
 from sub_model_construct.sub_model import (
     SubModelError,
@@ -33,7 +32,6 @@ from sub_model_construct.sub_model import (
     encoder_layer_parameters,
     load_sub_model,
     mebi,
-    neuron_saliency,
     save_sub_model,
     select_neurons,
 )
@@ -73,9 +71,9 @@ def test_mpnet_row_names_resolve_on_the_stock_model(fm):
     layers = encoder_layers(fm, MPNET)
     assert len(layers) == tiny.LAYERS
     for layer in layers:
-        w_in, w_out = ffn_linears(layer, MPNET)
+        w_in, w_out = tiny.ffn_pair(layer, MPNET)
         assert (w_in.in_features, w_in.out_features, w_out.out_features) == (tiny.HIDDEN, tiny.FFN, tiny.HIDDEN)
-        assert isinstance(layer.get_submodule(MPNET.ffn_out_norm), nn.LayerNorm)
+        assert isinstance(layer.get_submodule(MPNET.ffn.norm), nn.LayerNorm)
         assert isinstance(layer.get_submodule(MPNET.ffn_dropout), nn.Dropout)
         projections = [layer.get_submodule(path) for path in MPNET.attention]
         assert [p.in_features for p in projections] == [tiny.HIDDEN] * 4
@@ -85,7 +83,7 @@ def test_mpnet_row_names_resolve_on_the_stock_model(fm):
     assert not any("relative_attention_bias" in k for k in layers.state_dict())
 
     headed = AutoModelForSequenceClassification.from_config(tiny.mpnet_config(num_labels=3))
-    head = headed.get_submodule(MPNET.head)
+    head = headed.get_submodule(MPNET.head[0])
     assert isinstance(head.dense, nn.Linear) and head.out_proj.out_features == 3
     assert backbone(headed) is headed.mpnet and len(encoder_layers(headed, MPNET)) == tiny.LAYERS
 
@@ -128,11 +126,11 @@ def test_sub_fm_slices_salient_neurons_and_copies_the_rest(fm):
     for i in RETAINED:
         for key, value in fm_layers[i].state_dict().items():
             assert torch.equal(sub_layers[i].state_dict()[key], value), (i, key)
-    ffn_keys = (MPNET.ffn_in + ".", MPNET.ffn_out + ".")
+    ffn_keys = (MPNET.ffn.inputs[0] + ".", MPNET.ffn.output + ".")
     for i in COMPRESSED:
-        fm_in, fm_out = ffn_linears(fm_layers[i], MPNET)
-        neurons = select_neurons(neuron_saliency(fm_in.weight, fm_out.weight), RANK)
-        w_in, w_out = ffn_linears(sub_layers[i], MPNET)
+        fm_in, fm_out = tiny.ffn_pair(fm_layers[i], MPNET)
+        neurons = select_neurons(MPNET.ffn.saliency(fm_layers[i]), RANK)
+        w_in, w_out = tiny.ffn_pair(sub_layers[i], MPNET)
         assert w_in.weight.shape == (RANK, tiny.HIDDEN)
         assert torch.equal(w_in.weight, fm_in.weight[neurons]) and torch.equal(w_in.bias, fm_in.bias[neurons])
         assert torch.equal(w_out.weight, fm_out.weight[:, neurons]) and torch.equal(w_out.bias, fm_out.bias)

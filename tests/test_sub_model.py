@@ -30,8 +30,6 @@ from sub_model_construct.families import (
     backbone,
     encoder_layers,
     family_of,
-    ffn_linears,
-    ffn_width,
 )
 from sub_model_construct.sub_model import (
     SubModelError,
@@ -40,10 +38,8 @@ from sub_model_construct.sub_model import (
     encoder_layer_parameters,
     load_sub_model,
     mebi,
-    neuron_saliency,
     save_sub_model,
     select_neurons,
-    slice_ffn,
     sub_model_name,
     validate_construction,
 )
@@ -91,12 +87,12 @@ def test_family_paths_resolve_on_stock_models(fm_dirs, name):
     layers = encoder_layers(fm, family)
     assert isinstance(layers, nn.ModuleList) and len(layers) == tiny.LAYERS
     for layer in layers:
-        w_in, w_out = ffn_linears(layer, family)
+        w_in, w_out = tiny.ffn_pair(layer, family)
         assert isinstance(w_in, nn.Linear) and (w_in.in_features, w_in.out_features) == (tiny.HIDDEN, tiny.FFN)
         assert isinstance(w_out, nn.Linear) and (w_out.in_features, w_out.out_features) == (tiny.FFN, tiny.HIDDEN)
-        assert ffn_width(layer, family) == tiny.FFN
-        if family.ffn_out_norm is not None:
-            assert isinstance(layer.get_submodule(family.ffn_out_norm), nn.LayerNorm)
+        assert family.ffn.width(layer) == tiny.FFN
+        if family.ffn.norm is not None:
+            assert isinstance(layer.get_submodule(family.ffn.norm), nn.LayerNorm)
         assert isinstance(layer.get_submodule(family.ffn_dropout), nn.Dropout)
         for path in family.attention:
             projection = layer.get_submodule(path)
@@ -104,7 +100,7 @@ def test_family_paths_resolve_on_stock_models(fm_dirs, name):
             assert (projection.in_features, projection.out_features) == (tiny.HIDDEN, tiny.HIDDEN)
     # the head lives on the *For{Sequence,Image}Classification class, and the layers are found through it too
     headed = head_class(name).from_config(AutoConfig.from_pretrained(fm_dirs[name], num_labels=3))
-    assert isinstance(headed.get_submodule(family.head), nn.Module)
+    assert all(isinstance(headed.get_submodule(head), nn.Module) for head in family.head)
     assert backbone(headed) is not headed
     assert len(encoder_layers(headed, family)) == tiny.LAYERS
 
@@ -129,7 +125,7 @@ TOP4 = [5, 11, 40, 63]  # saliencies 3.0, 2.5, 5.66, 2.12 beat neuron 20 (0.71) 
 
 def hand_made_layer(fm: nn.Module, family) -> nn.Module:
     layer = encoder_layers(fm, family)[1]
-    w_in, w_out = ffn_linears(layer, family)
+    w_in, w_out = tiny.ffn_pair(layer, family)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         w_in.weight.copy_(1e-3 * torch.randn(w_in.weight.shape, generator=gen))
@@ -147,8 +143,8 @@ def test_saliency_selects_largest_norm_neurons_in_original_order(fm_dirs, name):
     fm = load_fm(fm_dirs, name)
     family = family_of(fm.config)
     layer = hand_made_layer(fm, family)
-    w_in, w_out = ffn_linears(layer, family)
-    saliency = neuron_saliency(w_in.weight, w_out.weight)
+    w_in, w_out = tiny.ffn_pair(layer, family)
+    saliency = family.ffn.saliency(layer)
     assert saliency.shape == (tiny.FFN,)
     for j, (a, b) in HAND_MADE.items():
         expected = torch.cat([w_in.weight[j], w_out.weight[:, j]]).norm()
@@ -163,11 +159,11 @@ def test_slice_ffn_copies_exactly_the_chosen_rows_columns_and_whole_output_bias(
     fm = load_fm(fm_dirs, name)
     family = family_of(fm.config)
     layer = hand_made_layer(fm, family)
-    old_in, old_out = (state(m) for m in ffn_linears(layer, family))
-    untouched = {k: v for k, v in state(layer).items() if not k.startswith((family.ffn_in, family.ffn_out))}
+    old_in, old_out = (state(m) for m in tiny.ffn_pair(layer, family))
+    untouched = {k: v for k, v in state(layer).items() if not k.startswith((family.ffn.inputs[0], family.ffn.output))}
     neurons = torch.tensor(TOP4)
-    slice_ffn(layer, family, neurons)
-    new_in, new_out = ffn_linears(layer, family)
+    family.ffn.slice(layer, neurons)
+    new_in, new_out = tiny.ffn_pair(layer, family)
     assert (new_in.out_features, new_out.in_features) == (len(TOP4), len(TOP4))
     assert torch.equal(new_in.weight, old_in["weight"][neurons])
     assert torch.equal(new_in.bias, old_in["bias"][neurons])
@@ -196,13 +192,13 @@ def test_build_sub_model_copies_everything_but_the_compressed_ffns(fm_dirs, name
         for key, value in fm_layers[i].state_dict().items():
             assert torch.equal(sub_layers[i].state_dict()[key], value), (i, key)
     for i in COMPRESSED:
-        w_in, w_out = ffn_linears(sub_layers[i], family)
+        w_in, w_out = tiny.ffn_pair(sub_layers[i], family)
         assert w_in.weight.shape == (RANK, tiny.HIDDEN) and w_out.weight.shape == (tiny.HIDDEN, RANK)
-        fm_in, fm_out = ffn_linears(fm_layers[i], family)
-        neurons = select_neurons(neuron_saliency(fm_in.weight, fm_out.weight), RANK)
+        fm_in, fm_out = tiny.ffn_pair(fm_layers[i], family)
+        neurons = select_neurons(family.ffn.saliency(fm_layers[i]), RANK)
         assert torch.equal(w_in.weight, fm_in.weight[neurons]) and torch.equal(w_in.bias, fm_in.bias[neurons])
         assert torch.equal(w_out.weight, fm_out.weight[:, neurons]) and torch.equal(w_out.bias, fm_out.bias)
-        ffn_keys = (family.ffn_in + ".", family.ffn_out + ".")
+        ffn_keys = (family.ffn.inputs[0] + ".", family.ffn.output + ".")
         for key, value in fm_layers[i].state_dict().items():  # attention, layer norms
             if not key.startswith(ffn_keys):
                 assert torch.equal(sub_layers[i].state_dict()[key], value), (i, key)

@@ -157,3 +157,8 @@ def write_finished_run(argv: list[str], modality: str = "text"):
     (folder / "config.json").write_text(json.dumps({"args": as_flags(settings)}))
     (folder / "summary.json").write_text(json.dumps({"finished": True}))
     return settings, folder
+
+
+def ffn_pair(layer, family):
+    """(W_in, W_out) Linear modules of a one-input FFN (families.py rows of BERT, RoBERTa, MPNet, ViT)."""
+    return family.ffn.input_linears(layer)[0], family.ffn.output_linear(layer)
