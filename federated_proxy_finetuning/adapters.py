@@ -98,7 +98,7 @@ def with_lora(
         lora_dropout=dropout,
         bias=bias,
         target_modules=lora_target_regex(family, layers),
-        modules_to_save=list(modules_to_save) if modules_to_save is not None else [family.head],
+        modules_to_save=list(modules_to_save) if modules_to_save is not None else list(family.head),
     )
     return get_peft_model(model, config)
 

@@ -143,7 +143,8 @@ def build_models(s: FedSettings, modality: Modality, task, fm_config):
     family = fm_family(s, modality, fm_config)
     labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
     torch.manual_seed(s.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
-    fm = reads.pretrained(modality.head_class(), s.model_checkpoint, (f"{family.head}.", "pooler."), **labels)
+    new_modules = (*(f"{head}." for head in family.head), "pooler.")  # initialised here, not read from the FM
+    fm = reads.pretrained(modality.head_class(), s.model_checkpoint, new_modules, **labels)
     fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
     n = fm_config.num_hidden_layers
     if s.kind.client == "FM":
