@@ -155,11 +155,15 @@ build_models() {  # build_models <model> [<task>]: undistilled + distilled sub-F
     corpus="$(corpus_of "$task")"
     require "${FM_PATH[$model]}" "the $model FM" "$([ "$model" = mpnet ] && echo --paper-shape)"
     echo "== models for $model: sub-FM (layers ${RETAINED[$model]} whole, FFN -> ${RANK[$model]}) and FedOT emulator"
+    # the two distillations run side by side when JOBS allows (one thread each: half the wall clock on 2 cores)
     # shellcheck disable=SC2086
     distil "$model" "$(sub_fm "$model" distilled "$task")" "$corpus" \
-        --layers_retained ${RETAINED[$model]} --qk_rank "$h" --intermediate_rank "${RANK[$model]}"
+        --layers_retained ${RETAINED[$model]} --qk_rank "$h" --intermediate_rank "${RANK[$model]}" &
+    local first=$!
+    if [ "$JOBS" -lt 2 ]; then wait "$first" || { echo "error: the $model sub-FM's distillation failed" >&2; exit 1; }; fi
     distil "$model" "$(emulator "$model" distilled "$task")" "$corpus" \
         --emulator_layers "${EMULATOR[$model]}" --adapter_layers 1 1
+    if [ "$JOBS" -ge 2 ]; then wait "$first" || { echo "error: the $model sub-FM's distillation failed" >&2; exit 1; }; fi
 }
 
 # --- federated runs
