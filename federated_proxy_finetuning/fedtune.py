@@ -18,17 +18,14 @@ warnings.filterwarnings("ignore", message="The pynvml package is deprecated")  #
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside peft, not actionable
 
 import argparse
-import dataclasses
 import logging
 import sys
-
-import torch
 
 from federated_proxy_finetuning.modality import MODALITIES
 from federated_proxy_finetuning.settings import METHODS, FedSettings
 from sub_model_construct import reads
 from sub_model_construct import settings as settings_lib
-from sub_model_construct.cli import UsageError, run_cli, setup_logging
+from sub_model_construct.cli import UsageError, run_cli
 
 logger = logging.getLogger("fedtune")
 __all__ = ["METHODS", "build_parser", "main"]
@@ -59,14 +56,9 @@ def check_flags(argv: list[str] | None, modality: str) -> FedSettings:
 
 def main(argv: list[str] | None = None, modality: str = "text") -> int:
     settings = check_flags(argv, modality)  # refuses bad flags before accelerate starts
-    from accelerate import Accelerator
+    from federated_proxy_finetuning.startup import start
 
-    accelerator = Accelerator(cpu=settings.cpu or not torch.cuda.is_available())
-    settings = dataclasses.replace(settings, num_processes=accelerator.num_processes)
-    setup_logging(accelerator.is_main_process)
-    from federated_proxy_finetuning.assemble import build_server
-
-    server = build_server(settings, accelerator, MODALITIES[modality])
+    server, accelerator, settings = start(settings, MODALITIES[modality])
     if server is None:  # --resume auto on a finished run
         return 0
     try:

@@ -283,16 +283,10 @@ class FlowerClients:
 
 
 def server_main(grid: Grid, context: Context) -> None:
-    from accelerate import Accelerator
-
-    from sub_model_construct.cli import setup_logging
-
-    from .assemble import build_server
+    from .startup import start
 
     settings, modality, round_timeout, connect_timeout = run_settings(context)
-    accelerator = Accelerator(cpu=settings.cpu or not torch.cuda.is_available())
-    setup_logging(True)
-    server = build_server(settings, accelerator, modality)
+    server, accelerator, settings = start(settings, modality)
     if server is None:  # --resume auto on a finished run
         return
     remote = FlowerClients(grid, server, round_timeout, connect_timeout)

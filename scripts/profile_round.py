@@ -143,11 +143,9 @@ def synchronize(device: torch.device) -> None:
 
 def build(args, root: Path):
     """(server, accelerator) of the demo's FedPFT run in `root`, aligning every round."""
-    from accelerate import Accelerator
-
-    from federated_proxy_finetuning.assemble import build_server
     from federated_proxy_finetuning.fedtune import check_flags
     from federated_proxy_finetuning.modality import MODALITIES
+    from federated_proxy_finetuning.startup import start
 
     rounds = max(2, args.repeats + (1 if args.profile != "none" else 0))
     argv = [
@@ -161,10 +159,7 @@ def build(args, root: Path):
     ]
     if args.quick:  # one local step per client, one or two alignment steps
         argv += ["--num_epochs", "0.25", "--align_epochs", "0.02"]
-    settings = check_flags(argv, "text")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    settings = dataclasses.replace(settings, num_processes=accelerator.num_processes)
-    server = build_server(settings, accelerator, MODALITIES["text"])
+    server, accelerator, _ = start(check_flags(argv, "text"), MODALITIES["text"], log=False)
     return server, accelerator
 
 
