@@ -102,11 +102,7 @@ def client_backbone(s: FedSettings, fm, head_class, labels: dict):
         bottom, top = s.adapter_layers
         sub = build_layer_drop_emulator(fm, bottom, top, s.emulator_layers or max(1, (n - bottom - top) // 2))
     config = backbone(sub).config
-    is_emulator = list(config.layer_map) != list(range(n))
-    if s.kind.client == "emulator" and not is_emulator:
-        raise UsageError(f"--method fedot needs a layer-drop emulator, but {s.sub_model_checkpoint} keeps all layers")
-    if s.kind.client == "sub-FM" and is_emulator:
-        raise UsageError(f"--method pft needs an FFN-compressed sub-FM, but {s.sub_model_checkpoint} drops layers")
+    s.kind.client.check_built(s.method, s.sub_model_checkpoint, list(config.layer_map) != list(range(n)))
     retained = list(config.layers_retained)
     if s.align.retained_layers_idx is not None and s.kind.aligns and sorted(s.align.retained_layers_idx) != retained:
         raise UsageError(
@@ -124,11 +120,8 @@ def lora_options(s: FedSettings) -> dict:
 
 
 def tuned_layers(s: FedSettings, config) -> list[int]:
-    """The client model's layers that carry LoRA: FedOT tunes the adapters (bottom/top layers) only; FedPFT and
-    FedPETuning tune attention LoRA in every layer."""
-    if s.kind.client == "emulator":
-        return list(config.layers_retained)
-    return list(range(config.num_hidden_layers))
+    """The client model's layers that carry LoRA (methods.ClientModel.tuned_layers)."""
+    return s.kind.client.tuned_layers(config)
 
 
 def client_with_lora(s: FedSettings, model):
@@ -147,7 +140,7 @@ def build_models(s: FedSettings, modality: Modality, task, fm_config):
     fm = reads.pretrained(modality.head_class(), s.model_checkpoint, new_modules, **labels)
     fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
     n = fm_config.num_hidden_layers
-    if s.kind.client == "FM":
+    if not s.kind.client.reads_folder:  # the clients train the FM itself
         fm_peft = with_lora(fm, family, range(n), **lora_options(s))
         return fm_peft, fm_peft, LayerRenamer(family, list(range(n))), [], fm_params, fm_params
     sub = client_backbone(s, fm, modality.head_class(), labels)

@@ -29,22 +29,9 @@ from sub_model_construct.settings import (
     option,
 )
 
+from .methods import METHODS, Method
+
 ROUNDS = Range(1, 100_000)  # the client schedule of every round is drawn at start-up
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a method is made of (spec §4.13): which model the clients train, and whether the server aligns it."""
-
-    client: str  # "FM" (LoRA on the FM itself), "sub-FM" (FFN-compressed) or "emulator" (layer drop)
-    aligns: bool
-
-
-METHODS = {
-    "pft": Method(client="sub-FM", aligns=True),  # FedPFT
-    "peft": Method(client="FM", aligns=False),  # FedPETuning
-    "fedot": Method(client="emulator", aligns=False),  # FedOT
-}
 
 
 def resume_mode(value: str) -> bool | str:
@@ -303,20 +290,12 @@ class FedSettings:
     @cached_property
     def model_name(self) -> str:
         """The run folder's model level (spec §4.12): the client model's folder name, the FM's for FedPETuning."""
-        fm = os.path.basename(os.path.normpath(self.model_checkpoint))
-        if self.kind.client == "FM":
-            return fm
-        if self.sub_model_checkpoint:
-            return os.path.basename(os.path.normpath(self.sub_model_checkpoint))
-        return f"fedot-{fm}"
+        return self.kind.client.folder_name(self.model_checkpoint, self.sub_model_checkpoint)
 
     @cached_property
     def client_model_distilled(self) -> bool | None:
         """FedPFT_N/_D and FedOT w/o KD use an undistilled client model (spec §4.13): say which this run had."""
-        if self.kind.client == "FM":
-            return None
-        folder = self.sub_model_checkpoint
-        return bool(folder) and os.path.isfile(os.path.join(folder, "distill_summary.json"))
+        return self.kind.client.distilled(self.sub_model_checkpoint)
 
     def check_inputs(self) -> None:
         """Refusals that need more than one field or the file system (before anything is written)."""
@@ -328,11 +307,12 @@ class FedSettings:
             raise UsageError(
                 f"model checkpoint folder {self.model_checkpoint} not found or not a transformers folder; {FETCH_HINT}"
             )
-        if self.kind.client == "sub-FM" and not self.sub_model_checkpoint:
+        if self.kind.client.needs_folder and not self.sub_model_checkpoint:
             raise UsageError(
-                "--method pft needs --sub_model_checkpoint (build one with sub_model_construct/distill.py)"
+                f"--method {self.method} needs --sub_model_checkpoint (build one with sub_model_construct/distill.py)"
             )
-        if self.sub_model_checkpoint and self.kind.client != "FM" and not os.path.isdir(self.sub_model_checkpoint):
+        reads = self.kind.client.reads_folder
+        if self.sub_model_checkpoint and reads and not os.path.isdir(self.sub_model_checkpoint):
             raise UsageError(
                 f"sub-FM folder {self.sub_model_checkpoint} not found; build it with sub_model_construct/distill.py"
             )

@@ -10,24 +10,18 @@ import json
 import sys
 from pathlib import Path
 
+from federated_proxy_finetuning.methods import METHODS
+
 
 def paper_name(summary: dict) -> str:
-    """The paper's name for a run (spec §4.13), from its method, alignment and whether its client model was
-    distilled; older summaries without those fields keep the method name."""
-    method, distilled, aligning = (
-        summary.get("method", "?"),
-        summary.get("client_model_distilled"),
-        summary.get("aligning"),
-    )
-    if method == "peft":
-        return "FedPETuning"
-    if distilled is None:
+    """The paper's name for a run (spec §4.13, methods.Method.paper_name), from its method, alignment and whether its
+    client model was distilled; older summaries without those fields keep the method name."""
+    method = summary.get("method", "?")
+    kind = METHODS.get(method)
+    distilled = summary.get("client_model_distilled")
+    if kind is None or (distilled is None and kind.client.reads_folder):
         return method
-    if method == "fedot":
-        return "FedOT" if distilled else "FedOT w/o KD"
-    return {(True, True): "FedPFT", (True, False): "FedPFT_B", (False, True): "FedPFT_D", (False, False): "FedPFT_N"}[
-        (bool(distilled), bool(aligning))
-    ]
+    return kind.paper_name(distilled, summary.get("aligning"))
 
 
 def rows(root: Path) -> list[dict]:
