@@ -67,6 +67,25 @@ def save(dataset_dict, out: Path) -> None:
     (out / MARKER).write_text(ASSET_VERSION)
 
 
+def save_splits(splits: dict[str, list[dict]], features, out: Path) -> None:
+    """One DatasetDict of row dicts per split, the columns of `features` in their order."""
+    import datasets
+
+    tables = {
+        split: datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+        for split, rows in splits.items()
+    }
+    save(datasets.DatasetDict(tables), out)
+
+
+def save_corpus(texts: list[str], out: Path) -> None:
+    """A public corpus: a DatasetDict with one `train` split of one `text` column."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string")})
+    save(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts}, features=features)}), out)
+
+
 def stratified_split(items: list, labels: list[int], fraction: float, rng: random.Random) -> tuple[list, list]:
     """(round(fraction * n_c) items of every class c, the rest), each in the original order."""
     by_class = defaultdict(list)
@@ -179,22 +198,8 @@ def build_bbc(out_root: Path) -> None:
             "sentence_article_id": datasets.Value("string"),
         }
     )
-    save(
-        datasets.DatasetDict(
-            {
-                split: datasets.Dataset.from_dict(
-                    {k: [r[k] for r in rows] for k in pair_features}, features=pair_features
-                )
-                for split, rows in pairs.items()
-            }
-        ),
-        out_root / "bbc-pairs",
-    )
-    corpus = datasets.Dataset.from_dict(
-        {"text": [a["body"] for a in shuffled(public, rng)]},
-        features=datasets.Features({"text": datasets.Value("string")}),
-    )
-    save(datasets.DatasetDict({"train": corpus}), out_root / "bbc-corpus")
+    save_splits(pairs, pair_features, out_root / "bbc-pairs")
+    save_corpus([a["body"] for a in shuffled(public, rng)], out_root / "bbc-corpus")
     print(
         f"[assets] bbc: {len(articles)} unique articles -> train {len(train)}, validation {len(validation)}; "
         f"bbc-corpus {len(public)} bodies; bbc-pairs (proxy) train {len(pairs['train'])}, "
@@ -347,22 +352,8 @@ def build_wiki(out_root: Path) -> None:
         split: shuffled(question_pairs(rows, pair_rng), pair_rng)
         for split, rows in (("train", pair_train), ("validation", pair_validation))
     }
-    save(
-        datasets.DatasetDict(
-            {
-                split: datasets.Dataset.from_dict(
-                    {k: [r[k] for r in rows] for k in pair_features}, features=pair_features
-                )
-                for split, rows in pairs.items()
-            }
-        ),
-        out_root / "wiki-pairs",
-    )
-    corpus_rows = datasets.Dataset.from_dict(
-        {"text": [a["extract"] for a in shuffled(corpus, rng)]},
-        features=datasets.Features({"text": datasets.Value("string")}),
-    )
-    save(datasets.DatasetDict({"train": corpus_rows}), out_root / "wiki-corpus")
+    save_splits(pairs, pair_features, out_root / "wiki-pairs")
+    save_corpus([a["extract"] for a in shuffled(corpus, rng)], out_root / "wiki-corpus")
     corpus_words = sum(len(a["extract"].split()) for a in corpus)
     print(
         f"[assets] wiki: {len(articles)} unique summaries -> wiki-pairs {len(pair_articles)} articles "
