@@ -137,7 +137,7 @@ def prepare_for_distillation(
     student.eval()
     family = family_of(backbone(student).config)
     blocks = encoder_layers(student, family)
-    for i in dropout_layers:
+    for i in dropout_layers if family.ffn_dropout is not None else ():  # a decoder LM's layers have no dropout
         blocks[i].get_submodule(family.ffn_dropout).train()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -70,8 +70,8 @@ def plan(s: DistillSettings, modality: str) -> Plan:
     config = reads.config(s.model_checkpoint)
     try:
         family = family_of(config)
-        if family.modality != modality:
-            script = "distill_vit.py" if family.modality == "image" else "distill.py"
+        if family.corpus != modality:  # a causal LM is distilled on the text corpus, with distill.py
+            script = "distill_vit.py" if family.corpus == "image" else "distill.py"
             raise UsageError(f"{s.model_checkpoint} is a {family.name} ({family.modality}) model: use {script}")
         check_model_limits(s, modality, config)
         qk_rank = config.hidden_size if s.qk_rank is None else s.qk_rank
@@ -81,6 +81,11 @@ def plan(s: DistillSettings, modality: str) -> Plan:
             validate_construction(config, list(s.layers_retained), s.intermediate_rank, qk_rank)
             if s.distill and len(s.layers_retained) == config.num_hidden_layers:
                 raise UsageError("--distill True with every layer in --layers_retained: no compressed layer to distil")
+        if s.distill and s.distill_alpha and len(family.ffn.inputs) != 1:
+            raise UsageError(
+                f"the FFN weight term is defined for one input matrix; a {family.name} FFN has "
+                f"{len(family.ffn.inputs)} ({', '.join(family.ffn.inputs)}): pass --distill_alpha 0"
+            )
     except (UnsupportedModelError, SubModelError) as exc:
         raise UsageError(str(exc)) from exc
     if s.emulator_layers:

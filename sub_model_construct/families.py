@@ -15,21 +15,31 @@ from .ffn import FFN
 
 @dataclass(frozen=True)
 class Family:
-    """Where the parts of one transformer encoder family live (names relative to the bare backbone)."""
+    """Where the parts of one transformer family live (names relative to the bare backbone): an encoder
+    (BERT-like, ViT) or a decoder-only causal LM (LLaMA-like)."""
 
     name: str
     layers: str  # ModuleList of encoder layers, relative to the backbone
     ffn: FFN  # the FFN's input matrices (rows = neurons), output matrix (columns = neurons) and shared norm (ffn.py)
     attention: tuple[str, ...]  # query, key, value, output projections, relative to a layer (LoRA targets)
-    head: tuple[str, ...]  # classification head module(s) on the *ForSequence/ImageClassification model
-    modality: str  # "text" or "image"
-    ffn_dropout: str  # dropout applied to the FFN output, relative to a layer (ViT shares it with attention)
+    # classification head module(s) on the *ForSequence/ImageClassification model; () for a causal LM, whose (tied)
+    # lm_head is never trained or shipped
+    head: tuple[str, ...]
+    modality: str  # "text" or "image" (classification tasks), or "causal-lm" (decoder-only LMs)
+    # dropout applied to the FFN output, relative to a layer (ViT shares it with attention); None where the layer has
+    # no dropout module (the decoder LMs)
+    ffn_dropout: str | None
     # spec §3.2: substrings that keep a compressed layer's parameter out of the distillation trainable set
     frozen_in_distillation: tuple[str, ...] = ("attention",)
     positions_after_padding: bool = False  # position ids start after the padding index (RoBERTa, MPNet)
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}"
+
+    @property
+    def corpus(self) -> str:
+        """The kind of public corpus the family is distilled on: "image", or "text" (text encoders and causal LMs)."""
+        return "image" if self.modality == "image" else "text"
 
 
 _BERT = Family(
@@ -42,6 +52,20 @@ _BERT = Family(
     ffn_dropout="output.dropout",
 )
 
+# Decoder-only causal LMs (LLaMA and the families sharing its module names). Only the gated FFN is cut: its neurons are
+# the rows of gate_proj and up_proj and the columns of down_proj; grouped-query attention, the RMSNorms, rotary
+# embeddings and the (tied) embeddings are copied whole. No classification head and no FFN dropout module; the two
+# RMSNorms of a layer (before attention, before the FFN) stay frozen in distillation, like ViT's LayerNorms.
+_LLAMA = Family(
+    name="llama",
+    layers="layers",
+    ffn=FFN(inputs=("mlp.gate_proj", "mlp.up_proj"), output="mlp.down_proj"),
+    attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    head=(),
+    modality="causal-lm",
+    ffn_dropout=None,
+    frozen_in_distillation=("self_attn", "layernorm"),
+)
 FAMILIES: dict[str, Family] = {
     "bert": _BERT,
     # same module names; the head differs but is also `classifier`
@@ -76,6 +100,10 @@ FAMILIES: dict[str, Family] = {
         modality="text",
         ffn_dropout="ffn.dropout",
     ),
+    "llama": _LLAMA,
+    # same module names; Qwen2's query/key/value projections carry biases (copied whole, like all of attention)
+    "qwen2": replace(_LLAMA, name="qwen2"),
+    "mistral": replace(_LLAMA, name="mistral"),
 }
 
 
@@ -94,7 +122,8 @@ def family_of(config_or_type) -> Family:
 
 
 def max_tokens(config) -> int:
-    """The longest token sequence a text model's position embeddings cover."""
+    """The longest token sequence a text model's position embeddings cover (a decoder's rotary positions start at 0:
+    no padding offset)."""
     positions = config.max_position_embeddings
     if family_of(config).positions_after_padding:
         return positions - (config.pad_token_id or 0) - 1
@@ -102,7 +131,8 @@ def max_tokens(config) -> int:
 
 
 def backbone(model: nn.Module) -> nn.Module:
-    """The bare encoder of a model: itself for *Model classes, `.base_model` for heads (e.g. `bert`, `vit`)."""
+    """The bare backbone of a model: itself for *Model classes, `.base_model` for heads (e.g. `bert`, `vit`, and a
+    causal LM's `model`)."""
     base = getattr(model, "base_model", model)
     # peft wrappers expose base_model too; unwrap to the transformers model first
     if hasattr(model, "get_base_model"):

@@ -96,8 +96,12 @@ class FFN:
         return sum(p.numel() for _, p in self.shared(layer))
 
     def saliency(self, layer: nn.Module) -> torch.Tensor:
-        """s_j = || [W_in[j,:] for every input, W_out[:,j]] ||_2; biases excluded (spec §2.2; for a gated FFN the
-        same rule over its two input matrices)."""
+        """s_j = || [W_in[j,:] for every input, W_out[:,j]] ||_2; biases excluded (spec §2.2).
+
+        For a gated FFN (LLaMA's gate_proj, up_proj, down_proj) this is an extension of spec §2.2, which defines the
+        rule for one input matrix: the same norm over every matrix that holds the neuron,
+        s_j = || [W_gate[j,:], W_up[j,:], W_down[:,j]] ||_2. An activation-aware alternative is
+        `sub_model.activation_saliency`."""
         inputs = [linear.weight.float().pow(2).sum(dim=1) for linear in self.input_linears(layer)]
         total = inputs[0]
         for extra in inputs[1:]:
