@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -36,6 +36,59 @@ def select_neurons(saliency: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` most salient neurons, in their original (ascending) order (spec §2.2)."""
     top = torch.topk(saliency, keep, largest=True, sorted=True).indices
     return torch.sort(top).values
+
+
+@torch.no_grad()
+def activation_saliency(
+    model: nn.Module, batches: Iterable, layers: Sequence[int] | None = None
+) -> dict[int, torch.Tensor]:
+    """Activation-aware saliency in the manner of FLAP / Wanda (an option beside spec §2.2's weight rule):
+
+        s_j = || W_out[:, j] ||_2 * sqrt( E[h_j^2] ),
+
+    h_j being neuron j's input to the FFN output matrix (for a gated FFN h_j = SiLU(x·g_j) * (x·u_j)), the mean taken
+    over the tokens of `batches` (public-corpus blocks: token-id tensors, or dicts of model inputs; positions whose
+    attention_mask is 0 are left out). Returns {layer index: saliency} for `layers` (default: every layer), on the
+    CPU in float32, ready for `build_sub_model(..., saliency=...)`. The input is read by a forward pre-hook on the
+    output Linear, as the zero-activation counter of an alignment does."""
+    family = family_of(backbone(model).config)
+    blocks = encoder_layers(model, family)
+    layers = list(range(len(blocks))) if layers is None else list(layers)
+    device = next(model.parameters()).device
+    squares = {i: torch.zeros(family.ffn.width(blocks[i]), dtype=torch.float64) for i in layers}
+    counts = dict.fromkeys(layers, 0)
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(i: int):
+        def accumulate(_module, args):
+            h = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            if mask[0] is not None:
+                h = h[mask[0].reshape(-1).to(h.device).bool()]
+            squares[i] += h.pow(2).sum(0).cpu()
+            counts[i] += h.shape[0]
+
+        return accumulate
+
+    handles = [family.ffn.output_linear(blocks[i]).register_forward_pre_hook(hook(i)) for i in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            inputs = {"input_ids": batch} if isinstance(batch, torch.Tensor) else dict(batch)
+            inputs = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
+            mask[0] = inputs.get("attention_mask")
+            backbone(model)(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if not all(counts.values()):
+        raise SubModelError("activation saliency needs at least one token")
+    saliency = {}
+    for i in layers:
+        column_norms = family.ffn.output_linear(blocks[i]).weight.detach().double().norm(dim=0).cpu()
+        saliency[i] = (column_norms * (squares[i] / counts[i]).sqrt()).float()
+    return saliency
 
 
 def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
@@ -82,20 +135,30 @@ def validate_construction(
 
 # ----------------------------------------------------------------------------------------------- construction
 def build_sub_model(
-    fm: PreTrainedModel, layers_retained: Sequence[int], intermediate_rank: int, qk_rank: int | None = None
+    fm: PreTrainedModel,
+    layers_retained: Sequence[int],
+    intermediate_rank: int,
+    qk_rank: int | None = None,
+    saliency: Mapping[int, torch.Tensor] | None = None,
 ) -> PreTrainedModel:
     """Return a new sub-FM: every layer kept, FFNs of layers not in `layers_retained` cut to the
-    `intermediate_rank` most salient neurons; everything else copied from the FM (spec §2.2–2.3)."""
+    `intermediate_rank` most salient neurons; everything else copied from the FM (spec §2.2–2.3).
+
+    `saliency`: {layer index: one value per neuron} for every compressed layer (e.g. `activation_saliency`);
+    None ranks the neurons by the weight rule of spec §2.2 (`FFN.saliency`)."""
     config = fm.config
     family = family_of(config)
     qk_rank = config.hidden_size if qk_rank is None else qk_rank
     ffn = family.ffn
     validate_construction(config, layers_retained, intermediate_rank, qk_rank, ffn.width(encoder_layers(fm, family)[0]))
+    if saliency is not None:
+        _check_saliency(saliency, [ffn.width(layer) for layer in encoder_layers(fm, family)], layers_retained)
     sub = copy.deepcopy(fm)
     widths = []
     for i, layer in enumerate(encoder_layers(sub, family)):
         if i not in layers_retained:
-            ffn.slice(layer, select_neurons(ffn.saliency(layer), intermediate_rank))
+            scores = ffn.saliency(layer) if saliency is None else saliency[i].to(_layer_device(layer))
+            ffn.slice(layer, select_neurons(scores, intermediate_rank))
         widths.append(ffn.width(layer))
     n = config.num_hidden_layers
     _record_sub_config(
@@ -109,6 +172,22 @@ def build_sub_model(
         fm_num_hidden_layers=n,
     )
     return sub
+
+
+def _layer_device(layer: nn.Module) -> torch.device:
+    return next(layer.parameters()).device
+
+
+def _check_saliency(saliency: Mapping[int, torch.Tensor], widths: Sequence[int], layers_retained) -> None:
+    for i, width in enumerate(widths):
+        if i in layers_retained:
+            continue
+        if i not in saliency:
+            raise SubModelError(f"saliency given for layers {sorted(saliency)} but not for compressed layer {i}")
+        if tuple(saliency[i].shape) != (width,):
+            raise SubModelError(
+                f"saliency of layer {i} has shape {tuple(saliency[i].shape)}, the layer has {width} FFN neurons"
+            )
 
 
 def uniform_drop_plan(n_layers: int, adapter_bottom: int, adapter_top: int, emulator_layers: int) -> list[int]:
