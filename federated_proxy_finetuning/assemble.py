@@ -86,6 +86,11 @@ def fm_family(s: FedSettings, modality: Modality, fm_config) -> Family:
         family = family_of(fm_config)
     except UnsupportedModelError as exc:
         raise UsageError(str(exc)) from exc
+    if family.modality == "causal-lm":
+        raise UsageError(
+            f"{s.model_checkpoint} is a causal LM ({family.name}): federated fine-tuning of causal LMs is not "
+            "supported yet (its sub-FM can be built and distilled with distill.py)"
+        )
     if family.modality != modality.name:
         script = "fedtune_cv.py" if family.modality == "image" else "fedtune.py"
         raise UsageError(f"{s.model_checkpoint} is a {family.modality} model: use {script}")

@@ -210,3 +210,14 @@ def test_distill_command_line_accepts_a_causal_lm_on_the_text_corpus(tmp_path):
         distill.check_flags(text, "text")
     with pytest.raises(UsageError, match="use distill.py"):
         distill.check_flags(argv, "image")
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_classification_fine_tuning_refuses_a_causal_lm(modality):
+    from types import SimpleNamespace
+
+    from federated_proxy_finetuning.assemble import fm_family
+    from federated_proxy_finetuning.modality import MODALITIES
+
+    with pytest.raises(UsageError, match="causal LM"):
+        fm_family(SimpleNamespace(model_checkpoint="tiny-llama"), MODALITIES[modality], tiny_config("llama"))
