@@ -21,112 +21,37 @@ a client that has not replied by then is recorded as dropped and the round goes 
 `connect-timeout` (seconds to wait for every client's SuperNode). A SuperNode's node configuration carries
 `partition-id` (the client it holds) and optionally `client-model`.
 
-Flower is an optional dependency (`pip install -e .[flower]`); nothing else in the project imports this module.
+The ClientApp is flower_client.py, the wire format flower_wire.py. Flower is an optional dependency (`pip install -e
+.[flower]`); nothing else in the project imports these modules.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shlex
 import time
 from collections.abc import Sequence
 
-import torch
-
-from sub_model_construct.families import backbone, encoder_layers, family_of
-
 from .client import ClientUpdate
+from .flower_wire import (
+    HELLO,
+    ConfigRecord,
+    Context,
+    Message,
+    RecordDict,
+    client_model_payload,
+    ffn_changes,
+    record_of,
+    run_settings,
+    state_of,
+    wire_bytes,
+)
 
 try:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("Flower is not installed: pip install -e '.[flower]' (flwr 1.42.0)") from exc
 
 logger = logging.getLogger(__name__)
-HELLO, INSTALL = "hello", "install"
-
-
-# ----------------------------------------------------------------------------------------------- settings
-def run_settings(context: Context):
-    """(FedSettings, Modality, round timeout, connect timeout) from the run configuration."""
-    from .fedtune import check_flags
-    from .modality import MODALITIES
-
-    config = context.run_config
-    modality = str(config.get("modality", "text"))
-    if modality not in MODALITIES:
-        raise ValueError(f"run config modality={modality!r}: choose from {sorted(MODALITIES)}")
-    settings = check_flags(shlex.split(str(config.get("fedtune-args", ""))), modality)
-    round_timeout = float(config.get("round-timeout", 0)) or None
-    return settings, MODALITIES[modality], round_timeout, float(config.get("connect-timeout", 600))
-
-
-def wire_bytes(message: Message) -> int:
-    """Serialised size of a message: every object of its tree as Flower deflates it for the wire."""
-    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
-
-
-# ----------------------------------------------------------------------------------------------- payloads
-def client_model_payload(client_model) -> RecordDict:
-    """The client model as a client must first receive it: config and weights except LoRA and head."""
-    base = client_model.get_base_model() if hasattr(client_model, "get_base_model") else client_model
-    state = {}
-    for name, tensor in backbone(base).state_dict().items():
-        if "lora_" in name:
-            continue
-        state[name.replace(".base_layer.", ".")] = tensor.detach().cpu().contiguous()
-    config = ConfigRecord({"action": INSTALL, "config": json.dumps(base.config.to_dict())})
-    return RecordDict({"config": config, "client_model": _record(state)})
-
-
-def _wire_names(ffn) -> dict[str, str]:
-    """Short payload names of an FFN's modules: `in` (`in0`, `in1`, ... for several inputs), `out`, `norm`."""
-    names = {name: "in" if len(ffn.inputs) == 1 else f"in{k}" for k, name in enumerate(ffn.inputs)}
-    return names | {ffn.output: "out"} | ({ffn.norm: "norm"} if ffn.norm else {})
-
-
-def _wire_key(layer: int, tensor: str, names: dict[str, str]) -> str:
-    module, _, param = tensor.rpartition(".")
-    return f"{layer}.{names[module]}.{param}"
-
-
-def ffn_changes(client_model, changes: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The values of the sub-FM parameters listed in `changes` ({layer: neurons}): the neurons' slices of the FFN's
-    input and output matrices, plus each touched layer's shared output bias and post-FFN norm (ffn.FFN)."""
-    family = family_of(backbone(client_model).config)
-    blocks, names = encoder_layers(client_model, family), _wire_names(family.ffn)
-    out = {}
-    for layer, neurons in changes.items():
-        out[f"{layer}.neurons"] = neurons.to(torch.int64)
-        for tensor, value in family.ffn.neuron_state(blocks[layer], neurons).items():
-            out[_wire_key(layer, tensor, names)] = value
-    return out
-
-
-@torch.no_grad()
-def apply_ffn_changes(client_model, state: dict[str, torch.Tensor]) -> None:
-    family = family_of(backbone(client_model).config)
-    blocks, names = encoder_layers(client_model, family), _wire_names(family.ffn)
-    layers = sorted({int(k.split(".", 1)[0]) for k in state})
-    for layer in layers:
-        neurons = state[f"{layer}.neurons"].long()
-        tensors = [s.name for s in family.ffn.neuron_slices(blocks[layer])]
-        tensors += [name for name, _ in family.ffn.shared(blocks[layer])]
-        values = {tensor: state[_wire_key(layer, tensor, names)] for tensor in tensors}
-        family.ffn.load_neuron_state(blocks[layer], neurons, values)
-
-
-def _state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return dict(record.to_torch_state_dict())
-
-
-def _record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord.from_torch_state_dict({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
 # ----------------------------------------------------------------------------------------------- server side
@@ -223,12 +148,12 @@ class FlowerClients:
                     "config": ConfigRecord(
                         {"round": r, "client": client, "learning-rate": lr, "collect": collect, "seed": f.settings.seed}
                     ),
-                    "adapter": _record(server.global_state),
+                    "adapter": record_of(server.global_state),
                 }
             )
             changes = server.sync.changes_for(client)
             if changes:
-                content["sub_fm"] = _record(ffn_changes(f.client_model, changes))
+                content["sub_fm"] = record_of(ffn_changes(f.client_model, changes))
             message = self._message(content, self.node_of[client], "train", str(r))
             messages.append(message)
         sent = sum(wire_bytes(m) for m in messages)
@@ -263,7 +188,7 @@ class FlowerClients:
                                 error=str(content["error"]["text"]))  # fmt: skip
         stats = None
         if "zero_counts" in content:
-            zeros = _state(content["zero_counts"])
+            zeros = state_of(content["zero_counts"])
             positions = content["positions"]
             stats = {
                 "zero_counts": {int(k): v for k, v in zeros.items()},
@@ -271,7 +196,7 @@ class FlowerClients:
             }
         return ClientUpdate(
             client,
-            _state(content["adapter"]),
+            state_of(content["adapter"]),
             int(metrics["num-examples"]),
             float(metrics["loss"]),
             float(metrics["seconds"]),
@@ -305,119 +230,5 @@ def server_main(grid: Grid, context: Context) -> None:
         )  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------- client side
-class ClientState:
-    """What a ClientApp process rebuilds from its node and run configuration and the node's stored state: the
-    settings, its partition of the task, and the client model (shipped once, or a local copy) with the sub-FM
-    FFN changes received so far."""
-
-    def __init__(self, context: Context) -> None:
-        from accelerate import Accelerator
-
-        self.context = context
-        self.settings, self.modality, _, _ = run_settings(context)
-        self.client = int(context.node_config["partition-id"])
-        self.accelerator = Accelerator(cpu=self.settings.cpu or not torch.cuda.is_available())
-
-    def has_model(self) -> bool:
-        return "client-model" in self.context.node_config or "client_model" in self.context.state
-
-    def trainer(self):
-        from transformers import AutoConfig
-
-        from sub_model_construct.sub_model import compressed_layers
-
-        from .align import ffn_state, load_ffn_state
-        from .assemble import client_partition, client_trainer, load_data
-
-        s = self.settings
-        fm_config = AutoConfig.from_pretrained(s.model_checkpoint)
-        task, _ = load_data(s, self.modality, self.accelerator, fm_config)
-        partition = client_partition(s, task, self.accelerator)
-        model = self.client_model(task)
-        layers = compressed_layers(backbone(model).config) if s.aligning else []
-        if layers and "ffn" in self.context.state:
-            load_ffn_state(model, layers, _state(self.context.state["ffn"]))
-        self.save_ffn = lambda: self.context.state.__setitem__("ffn", _record(ffn_state(model, layers)))
-        trainer = client_trainer(s, task, partition, model, layers, self.accelerator)
-        trainer.datasets = {self.client: trainer.datasets[self.client]}  # only its own partition is kept
-        return trainer, layers
-
-    def client_model(self, task):
-        from transformers import AutoConfig
-
-        from sub_model_construct.sub_model import (
-            is_sub_model_config,
-            load_backbone_state,
-            load_sub_model,
-            sub_model_from_config,
-        )
-
-        from .assemble import client_with_lora
-
-        head = self.modality.head_class()
-        labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
-        local = self.context.node_config.get("client-model")
-        if local:
-            config = AutoConfig.from_pretrained(str(local))
-            if is_sub_model_config(config):
-                model = load_sub_model(str(local), head, **labels)
-            else:
-                model = head.from_pretrained(str(local), **labels)
-        else:
-            stored = self.context.state
-            values = json.loads(str(stored["client_config"]["config"]))
-            config = AutoConfig.for_model(values.pop("model_type"), **values)
-            model = sub_model_from_config(config, head) if is_sub_model_config(config) else head.from_config(config)
-            load_backbone_state(backbone(model), _state(stored["client_model"]), source="the shipped client model")
-        return client_with_lora(self.settings, model).to(self.accelerator.device)
-
-
-def client_query(message: Message, context: Context) -> Message:
-    action = str(message.content["config"]["action"])
-    state = ClientState(context)
-    if action == HELLO:
-        reply = ConfigRecord({"partition-id": state.client, "has-model": state.has_model()})
-        return Message(RecordDict({"config": reply}), reply_to=message)
-    if action == INSTALL:
-        context.state["client_model"] = message.content["client_model"]
-        context.state["client_config"] = message.content["config"]
-        return Message(RecordDict({"config": ConfigRecord({"installed": True})}), reply_to=message)
-    raise ValueError(f"unknown query action {action!r}")
-
-
-def client_train(message: Message, context: Context) -> Message:
-    state = ClientState(context)
-    config = message.content["config"]
-    client = int(config["client"])
-    if client != state.client:
-        raise ValueError(f"this node holds partition-id {state.client}, asked to train client {client}")
-    trainer, _ = state.trainer()
-    if "sub_fm" in message.content:
-        apply_ffn_changes(trainer.model, _state(message.content["sub_fm"]))
-        state.save_ffn()
-    update = trainer.train(
-        client,
-        int(config["round"]),
-        float(config["learning-rate"]),
-        _state(message.content["adapter"]),
-        int(config["seed"]),
-        bool(config["collect"]),
-    )
-    metrics = MetricRecord({"num-examples": update.num_examples, "loss": float(update.loss), "seconds": update.seconds})
-    content = RecordDict({"metrics": metrics})
-    if update.error:
-        content["error"] = ConfigRecord({"text": update.error})
-        return Message(content, reply_to=message)
-    content["adapter"] = _record(update.adapter)
-    if update.stats is not None:
-        content["zero_counts"] = _record({str(k): v for k, v in update.stats["zero_counts"].items()})
-        content["positions"] = MetricRecord({str(k): int(v) for k, v in update.stats["positions"].items()})
-    return Message(content, reply_to=message)
-
-
 server_app = ServerApp()
 server_app.main()(server_main)
-client_app = ClientApp()
-client_app.query()(client_query)
-client_app.train()(client_train)

@@ -12,8 +12,9 @@ from sub_model_construct import reads
 from sub_model_construct.cli import UsageError
 from sub_model_construct.families import max_tokens
 
+from .image_tasks import load_image_task
 from .settings import FedSettings
-from .tasks import TaskData, TaskError, load_image_task, load_text_task
+from .tasks import TaskData, TaskError, load_text_task
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import datasets
-from sub_model_construct.corpus import CorpusError, image_normalisation, image_transform, text_collator
+from sub_model_construct.corpus import text_collator
 from sub_model_construct.io import atomic_folder
 from sub_model_construct.reads import manifest_holds, reading, write_manifest
 
@@ -69,8 +69,6 @@ TEXT_TASKS: dict[str, TextTaskSpec] = {
     # embedded QNLI proxy: (headline, body sentence) -> same article or not (scripts/prepare_assets.py)
     "bbc-pairs": TextTaskSpec(("headline", "sentence"), _VALIDATION),
 }
-IMAGE_COLUMNS = ("image", "img")  # spec §4.2: `img` for CIFAR-10/100, `image` for Flowers-102 and the embedded MNIST
-FLOWERS_CLASSES = 102  # spec §4.2: hard-coded for a dataset path containing "flowers"
 
 
 @dataclass
@@ -118,11 +116,11 @@ def compute_metrics(preds: np.ndarray, labels: np.ndarray, metric_names: Sequenc
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
-def _is_saved_dict(folder: Path) -> bool:
+def is_saved_dict(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file()
 
 
-def _check_splits(data: datasets.DatasetDict, splits: Sequence[str], columns: Sequence[str], where: str) -> None:
+def check_splits(data: datasets.DatasetDict, splits: Sequence[str], columns: Sequence[str], where: str) -> None:
     missing_splits = [s for s in splits if s not in data]
     if missing_splits:
         raise TaskError(f"{where} lacks split(s) {', '.join(missing_splits)} (it has {', '.join(data) or 'none'})")
@@ -135,7 +133,7 @@ def _check_splits(data: datasets.DatasetDict, splits: Sequence[str], columns: Se
             )
 
 
-def _label_names(data: datasets.DatasetDict, label: str, splits: Sequence[str], default_count: int = 0) -> list[str]:
+def label_names(data: datasets.DatasetDict, label: str, splits: Sequence[str], default_count: int = 0) -> list[str]:
     """Class names from the ClassLabel feature; else str(i) for integer labels (spec §4.2)."""
     feature = data[splits[0]].features[label]
     if isinstance(feature, datasets.ClassLabel):
@@ -147,7 +145,7 @@ def _label_names(data: datasets.DatasetDict, label: str, splits: Sequence[str], 
     return [str(i) for i in range(count)]
 
 
-def _encode_string_labels(data: datasets.DatasetDict, label: str, splits: Sequence[str]) -> datasets.DatasetDict:
+def encode_string_labels(data: datasets.DatasetDict, label: str, splits: Sequence[str]) -> datasets.DatasetDict:
     """String labels become a ClassLabel over the sorted union of all splits' values (consistent ids)."""
     feature = data[splits[0]].features[label]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
@@ -156,7 +154,7 @@ def _encode_string_labels(data: datasets.DatasetDict, label: str, splits: Sequen
     return data
 
 
-def _mapping(names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+def label_mapping(names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
     return dict(enumerate(names)), {n: i for i, n in enumerate(names)}
 
 
@@ -166,7 +164,7 @@ def _load_text_dict(dataset_path: str, task_name: str) -> datasets.DatasetDict:
     DatasetDict, then `load_dataset(path, task)` (the reference's `../datasets/glue` + config layout)."""
     root = Path(dataset_path)
     for folder in (root / task_name, root):
-        if _is_saved_dict(folder):
+        if is_saved_dict(folder):
             with reading(folder, "dataset folder"):
                 return datasets.load_from_disk(str(folder))
     hint = f"; {FETCH_HINT}" if task_name in EMBEDDED_TASKS else ""
@@ -186,7 +184,7 @@ def _load_text_dict(dataset_path: str, task_name: str) -> datasets.DatasetDict:
     return loaded
 
 
-def _identity(dataset_path: str, train: datasets.Dataset) -> str:
+def dataset_identity(dataset_path: str, train: datasets.Dataset) -> str:
     """Where the data came from and what its train split holds (its `datasets` fingerprint)."""
     return f"{Path(dataset_path).resolve()}#{train._fingerprint}"
 
@@ -234,7 +232,7 @@ def _tokenize_cached(raw, keys, tokenizer, max_length, cache_dir, task_name) -> 
     if cache_dir is None:
         return _tokenize(raw, keys, tokenizer, max_length, task_name)
     target = _cache_folder(cache_dir, task_name, raw, keys, tokenizer, max_length)
-    if _is_saved_dict(target) and manifest_holds(target):
+    if is_saved_dict(target) and manifest_holds(target):
         logger.info("reusing tokenised %s from %s", task_name, target)
     else:
         if target.exists():
@@ -261,12 +259,12 @@ def load_text_task(
         raise TaskError(f"unknown text task {task_name!r}; supported: {', '.join(sorted(TEXT_TASKS))}")
     spec = TEXT_TASKS[task_name]
     raw = _load_text_dict(dataset_path, task_name)
-    identity = _identity(dataset_path, raw["train"]) if "train" in raw else ""
+    identity = dataset_identity(dataset_path, raw["train"]) if "train" in raw else ""
     splits = ["train", *spec.eval_splits.values()]
-    _check_splits(raw, splits, [*spec.keys, label_name], f"dataset {dataset_path} ({task_name})")
+    check_splits(raw, splits, [*spec.keys, label_name], f"dataset {dataset_path} ({task_name})")
     raw = datasets.DatasetDict({s: raw[s].select_columns([*spec.keys, label_name]) for s in splits})
-    raw = _encode_string_labels(raw, label_name, splits)
-    id2label, label2id = _mapping(_label_names(raw, label_name, splits))
+    raw = encode_string_labels(raw, label_name, splits)
+    id2label, label2id = label_mapping(label_names(raw, label_name, splits))
     if label_name != "labels":
         raw = raw.rename_column(label_name, "labels")
     tokenized = _tokenize_cached(raw, spec.keys, tokenizer, max_length, cache_dir, task_name)
@@ -282,95 +280,4 @@ def load_text_task(
         metric_names=spec.metrics,
         collate_fn=text_collator(tokenizer),
         identity=identity,
-    )
-
-
-# ------------------------------------------------------------------------------------------------ image tasks
-def _load_image_dict(dataset_path: str) -> datasets.DatasetDict:
-    root = Path(dataset_path)
-    if not root.exists():
-        hint = f"; for the embedded MNIST {FETCH_HINT}" if root.name in EMBEDDED_TASKS else ""
-        raise TaskError(f"image dataset folder {root} not found{hint}")
-    try:
-        loaded = datasets.load_from_disk(str(root)) if _is_saved_dict(root) else datasets.load_dataset(str(root))
-    except Exception as exc:  # datasets raises many types for folders it cannot read
-        logger.debug("loading %s failed", root, exc_info=True)
-        raise TaskError(f"{root} is neither a save_to_disk DatasetDict nor loadable with load_dataset") from exc
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise TaskError(f"{root} holds a single split; expected a DatasetDict with train and test splits")
-    return loaded
-
-
-def _image_column(train: datasets.Dataset, requested: str | None) -> str:
-    if requested is not None:
-        return requested
-    for name in IMAGE_COLUMNS:
-        if name in train.column_names:
-            return name
-    typed = [n for n, f in train.features.items() if isinstance(f, datasets.Image)]
-    if not typed:
-        raise TaskError(f"no image column found (looked for {', '.join(IMAGE_COLUMNS)} or an Image feature)")
-    return typed[0]
-
-
-def _image_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-        "labels": torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long),
-    }
-
-
-def load_image_task(
-    dataset_path: str,
-    image_processor_or_stats,
-    image_size: int,
-    label_name: str = "label",
-    image_column: str | None = None,
-    hflip: bool = True,
-    num_channels: int | None = None,
-    min_crop_scale: float = 0.08,
-) -> TaskData:
-    """Train split for clients, `test` (else `validation`) for the server, transformed lazily (spec §4.2 CV).
-
-    Train: RandomResizedCrop + RandomHorizontalFlip (`hflip`; the reference flips digits too) + ToTensor +
-    Normalize; eval: Resize + CenterCrop + ToTensor + Normalize. Random draws use torch's global RNG, so the
-    caller's seeding makes them reproducible. Images are converted to `num_channels` (default: the stats'
-    "num_channels", else the length of image_mean)."""
-    root = Path(dataset_path)
-    raw = _load_image_dict(dataset_path)
-    eval_split = next((s for s in ("test", "validation") if s in raw), None)
-    if eval_split is None or "train" not in raw:
-        raise TaskError(f"dataset {root} needs a train split and a test or validation split (it has {', '.join(raw)})")
-    column = _image_column(raw["train"], image_column)
-    _check_splits(raw, ["train", eval_split], [column, label_name], f"dataset {root}")
-    raw = _encode_string_labels(raw, label_name, ["train", eval_split])
-    flowers = "flowers" in str(root).lower()
-    names = _label_names(raw, label_name, ["train", eval_split], FLOWERS_CLASSES if flowers else 0)
-    id2label, label2id = _mapping(names)
-    try:
-        mean, std, channels = image_normalisation(image_processor_or_stats, num_channels)
-    except CorpusError as exc:
-        raise TaskError(str(exc)) from exc
-    train_labels = [int(v) for v in raw["train"][label_name]]  # before the transform: no image decoding
-
-    def lazily(transform):
-        def apply(batch: dict) -> dict:
-            return {"pixel_values": [transform(img) for img in batch[column]], "labels": batch[label_name]}
-
-        return apply
-
-    train_tf = image_transform(image_size, mean, std, channels, train=True, hflip=hflip, min_crop_scale=min_crop_scale)
-    eval_tf = image_transform(image_size, mean, std, channels, train=False)
-    return TaskData(
-        name=root.name or str(root),
-        modality="image",
-        train=raw["train"].with_transform(lazily(train_tf)),
-        eval_splits={"": raw[eval_split].with_transform(lazily(eval_tf))},
-        num_labels=len(names),
-        id2label=id2label,
-        label2id=label2id,
-        train_labels=train_labels,
-        metric_names=("accuracy",),
-        collate_fn=_image_collate,
-        identity=_identity(dataset_path, raw["train"]),
     )

@@ -19,7 +19,7 @@ flwr = pytest.importorskip("flwr", reason="the Flower extra is not installed (pi
 
 from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
 
-from federated_proxy_finetuning import flower_app  # noqa: E402
+from federated_proxy_finetuning import flower_app, flower_wire  # noqa: E402
 from federated_proxy_finetuning.client import ClientUpdate  # noqa: E402
 from federated_proxy_finetuning.communication import SubFMSync, ffn_shapes  # noqa: E402
 from sub_model_construct.families import encoder_layers, family_of  # noqa: E402
@@ -59,11 +59,11 @@ def test_ffn_changes_bring_a_stale_copy_to_the_servers_sub_fm(sub_fm):
             w_out.weight[:, neurons] *= 2.0
             w_out.bias += 0.25
             blocks[layer].get_submodule(family.ffn.norm).weight.mul_(1.5)
-    payload = flower_app.ffn_changes(server, changes)
+    payload = flower_wire.ffn_changes(server, changes)
     assert not torch.equal(
         tiny.ffn_pair(encoder_layers(client, family)[1], family)[0].weight, blocks[1].intermediate.dense.weight
     )
-    flower_app.apply_ffn_changes(client, payload)
+    flower_wire.apply_ffn_changes(client, payload)
     for (name, a), (_, b) in zip(server.state_dict().items(), client.state_dict().items()):
         assert torch.equal(a, b), name
     # what travels is what the bytes accounting charges (in parameters)
@@ -114,8 +114,8 @@ class FakeServer:
 def _reply(loss: float) -> RecordDict:
     return RecordDict(
         {
-            "metrics": flower_app.MetricRecord({"num-examples": 5, "loss": loss, "seconds": 0.1}),
-            "adapter": flower_app._record({"head.weight": torch.full((2, 2), loss)}),
+            "metrics": flower_wire.MetricRecord({"num-examples": 5, "loss": loss, "seconds": 0.1}),
+            "adapter": flower_wire.record_of({"head.weight": torch.full((2, 2), loss)}),
         }
     )
 
@@ -163,12 +163,12 @@ def test_the_run_configuration_carries_the_fedtune_command_line(tmp_path):
     context = type("C", (), {})()
     args = f"--model_checkpoint '{fm}' --task_name bbc --num_clients 3"
     context.run_config = {"fedtune-args": args, "modality": "text", "round-timeout": 30.0}
-    settings, modality, round_timeout, _ = flower_app.run_settings(context)
+    settings, modality, round_timeout, _ = flower_wire.run_settings(context)
     assert (settings.model_checkpoint, settings.num_clients, modality.name, round_timeout) == (fm, 3, "text", 30.0)
     context.run_config["modality"] = "audio"
     with pytest.raises(ValueError, match="modality"):
-        flower_app.run_settings(context)
-    hello = ConfigRecord({"action": flower_app.HELLO})
+        flower_wire.run_settings(context)
+    hello = ConfigRecord({"action": flower_wire.HELLO})
     assert hello["action"] == "hello"
 
 

@@ -10,12 +10,12 @@ import torch
 from transformers import BertTokenizerFast
 
 import datasets
+from federated_proxy_finetuning.image_tasks import load_image_task
 from federated_proxy_finetuning.tasks import (
     TEXT_TASKS,
     TaskError,
     compute_metrics,
     eval_prefix,
-    load_image_task,
     load_text_task,
 )
 from tests import tiny
