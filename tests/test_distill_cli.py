@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForImageClassification, DistilBertConfig, GPT2Config
+from transformers import AlbertConfig, AutoModel, AutoModelForImageClassification, GPT2Config
 
 import datasets
 from sub_model_construct.sub_model import build_sub_model, load_sub_model
@@ -77,7 +77,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "corpus": tiny.write_text_corpus(root / "corpus.txt"),
         "images": tiny.write_image_corpus(root / "images"),
         "gpt2": root / "gpt2-tiny",
-        "distilbert": root / "distilbert-tiny",
+        "albert": root / "albert-tiny",
         "not_hf": root / "not-hf",
         "empty": root / "empty.txt",
         "jsonl_no_text": root / "no-text.jsonl",
@@ -85,7 +85,9 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "malformed": root / "malformed.jsonl",
     }
     GPT2Config(n_layer=2, n_embd=32, n_head=4).save_pretrained(paths["gpt2"])
-    DistilBertConfig(n_layers=2, dim=32, n_heads=4, hidden_dim=64).save_pretrained(paths["distilbert"])
+    AlbertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64).save_pretrained(
+        paths["albert"]
+    )
     paths["malformed"].write_text(json.dumps({"text": "the market"}) + "\n{not json\n")
     paths["not_hf"].mkdir()
     (paths["not_hf"] / "weights.bin").write_bytes(b"\0" * 16)
@@ -182,7 +184,7 @@ def _bad(assets, case: str) -> tuple[str, list[str]]:
         ],
         "not_a_transformers_folder": ["--model_checkpoint", str(assets["not_hf"]), *SHAPE_ARGS, *ok_text],
         "unsupported_gpt2": ["--model_checkpoint", str(assets["gpt2"]), "--intermediate_rank", "16", *ok_text],
-        "unsupported_distilbert": ["--model_checkpoint", str(assets["distilbert"]), "--intermediate_rank", "16"],
+        "unsupported_albert": ["--model_checkpoint", str(assets["albert"]), "--intermediate_rank", "16"],
         "rank_zero": [*bert, "--layers_retained", "0", "3", "--intermediate_rank", "0", *ok_text],
         "rank_too_big": [*bert, "--layers_retained", "0", "3", "--intermediate_rank", str(tiny.FFN + 1)],
         "layer_out_of_range": [*bert, "--layers_retained", "0", "4", "--intermediate_rank", "16", *ok_text],
@@ -234,7 +236,7 @@ BAD_CASES = [
     "missing_checkpoint",
     "not_a_transformers_folder",
     "unsupported_gpt2",
-    "unsupported_distilbert",
+    "unsupported_albert",
     "rank_zero",
     "rank_too_big",
     "layer_out_of_range",
@@ -433,7 +435,7 @@ BAD_FRAGMENTS = {
     "missing_checkpoint": "not found",
     "not_a_transformers_folder": "no config.json",
     "unsupported_gpt2": "gpt2",
-    "unsupported_distilbert": "distilbert",
+    "unsupported_albert": "albert",
     "rank_zero": "--intermediate_rank",
     "rank_too_big": "--intermediate_rank",
     "layer_out_of_range": "out of range",

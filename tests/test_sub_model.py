@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AlbertConfig,
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     BertConfig,
     BertModel,
-    DistilBertConfig,
     GPT2Config,
     RobertaConfig,
     RobertaModel,
@@ -105,7 +105,7 @@ def test_family_paths_resolve_on_stock_models(fm_dirs, name):
     assert len(encoder_layers(headed, family)) == tiny.LAYERS
 
 
-@pytest.mark.parametrize("config", [GPT2Config(n_layer=1), DistilBertConfig(n_layers=1)], ids=["gpt2", "distilbert"])
+@pytest.mark.parametrize("config", [GPT2Config(n_layer=1), AlbertConfig(num_hidden_layers=1)], ids=["gpt2", "albert"])
 def test_unsupported_model_type_names_the_supported_families(config):
     with pytest.raises(UnsupportedModelError) as caught:
         family_of(config)
