@@ -143,6 +143,17 @@ def restoring_modes(*models: nn.Module):
             m.train(mode)
 
 
+def alignment_optimiser(config: AlignSettings, max_grad_norm: float) -> OptimConfig:
+    """AdamW without weight decay (the gradient mask holds frozen neurons still only without it), linear schedule."""
+    return OptimConfig(
+        learning_rate=config.learning_rate,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_ratio=config.warmup_ratio,
+        max_grad_norm=max_grad_norm,
+    )
+
+
 def align(
     teacher: nn.Module,
     student: nn.Module,
@@ -169,13 +180,7 @@ def align(
     frozen, updated = split_all(rates, layers, config.retained_ratio, seed)
     effective = config.batch_size * accelerator.num_processes * grad_accum_steps
     steps = steps_for(len(data), effective, config.epochs)
-    optim = OptimConfig(
-        learning_rate=config.learning_rate,
-        weight_decay=0.0,  # the gradient mask holds frozen neurons still only without weight decay
-        lr_scheduler_type="linear",
-        warmup_ratio=config.warmup_ratio,
-        max_grad_norm=max_grad_norm,
-    )
+    optim = alignment_optimiser(config, max_grad_norm)
     with restoring_modes(teacher, student):
         named = alignment_parameters(student, family, layers)
         prepare_for_distillation(teacher, student, [p for _, p in named])

@@ -107,13 +107,23 @@ class FlowerClients:
                 asked -= set(new) - answered
                 time.sleep(2.0)
         need = [c for c in sorted(self.node_of) if not holds_model[c]]
-        shipped = {"clients_installed": need, "install_bytes_on_wire": 0}
+        shipped = {"clients_installed": need, "install_bytes_on_wire": self.install(need)}
+        # a client given the model now holds the current sub-FM (after a resume: the restored one); a client with a
+        # local copy holds the sub-FM as built (version 0) and is sent every alignment's changes when selected
+        sync = self.server.sync
+        for client in self.node_of:
+            sync.client_version[client] = sync.version if client in need else 0
+        return shipped
+
+    def install(self, need: list[int]) -> int:
+        """Send the client model to the clients in `need` (three tries); returns the bytes that went on the wire."""
+        on_wire = 0
         pending, payload = list(need), client_model_payload(self.server.f.client_model) if need else None
         for attempt in range(3):  # every shipment counts on the wire, a repeated one too
             if not pending:
                 break
             messages = [self._message(payload, self.node_of[c], "query", "0") for c in pending]
-            shipped["install_bytes_on_wire"] += sum(wire_bytes(m) for m in messages)
+            on_wire += sum(wire_bytes(m) for m in messages)
             client_of = {self.node_of[c]: c for c in pending}
             errors = {}
             for reply in self.grid.send_and_receive(messages, timeout=self.connect_timeout):
@@ -128,12 +138,7 @@ class FlowerClients:
                 )
         if pending:
             raise RuntimeError(f"the client model could not be installed on clients {pending}")
-        # a client given the model now holds the current sub-FM (after a resume: the restored one); a client with a
-        # local copy holds the sub-FM as built (version 0) and is sent every alignment's changes when selected
-        sync = self.server.sync
-        for client in self.node_of:
-            sync.client_version[client] = sync.version if client in need else 0
-        return shipped
+        return on_wire
 
     def _message(self, content: RecordDict, node: int, kind: str, group: str) -> Message:
         return Message(content, node, kind, group_id=group)

@@ -278,15 +278,9 @@ def question_pairs(articles: list[dict], rng: random.Random) -> list[dict]:
     return pairs
 
 
-def build_wiki(out_root: Path) -> None:
-    """English Wikipedia's Level-4 vital-article summaries: two tasks and the public corpus, article-disjoint.
-
-    - wiki-pairs: the articles with two usable sentences (see question_pairs), drawn first;
-    - wiki-topics (≈ SST-2): an extract -> one of the 11 topics, stratified, from the other categorised articles;
-    - wiki-corpus: every article no task uses (the Uncategorized ones included), the public corpus."""
+def read_wiki_summaries() -> list[dict]:
+    """The summaries of the installed package as {title, extract, topic}, by title, duplicate extracts dropped."""
     import json
-
-    import datasets
 
     source = package_dir(*WIKI_PACKAGE) / WIKI_FILE
     if not source.is_file():
@@ -300,65 +294,73 @@ def build_wiki(out_root: Path) -> None:
             continue
         seen.add(normalise(text))
         articles.append({"title": entry["title"], "extract": text, "topic": entry["topic"]})
-    rng = random.Random(SEED)
+    return articles
+
+
+def split_wiki(articles: list[dict], rng: random.Random) -> dict[str, list[dict]]:
+    """Article-disjoint parts: the wiki-pairs articles (those with two usable sentences, drawn first), the
+    wiki-topics train and validation articles (stratified by topic) and the corpus (every other article)."""
     categorised = [a for a in articles if a["topic"] != WIKI_UNCATEGORIZED]
     topics = sorted({a["topic"] for a in categorised})
     askable = shuffled([a for a in categorised if len(wiki_sentences(a)) >= 2], rng)
     pair_articles = askable[: WIKI_VALIDATION // 2 + WIKI_TRAIN // 2]
-    pair_validation, pair_train = pair_articles[: WIKI_VALIDATION // 2], pair_articles[WIKI_VALIDATION // 2 :]
     used = {a["title"] for a in pair_articles}
     rest = [a for a in categorised if a["title"] not in used]
     labels = [topics.index(a["topic"]) for a in rest]
     topic_articles, corpus = stratified_split(rest, labels, (WIKI_VALIDATION + WIKI_TRAIN) / len(rest), rng)
     labels = [topics.index(a["topic"]) for a in topic_articles]
     validation, train = stratified_split(topic_articles, labels, WIKI_VALIDATION / len(topic_articles), rng)
-    corpus += [a for a in articles if a["topic"] == WIKI_UNCATEGORIZED]
+    return {
+        "pair_validation": pair_articles[: WIKI_VALIDATION // 2],
+        "pair_train": pair_articles[WIKI_VALIDATION // 2 :],
+        "train": train,
+        "validation": validation,
+        "corpus": corpus + [a for a in articles if a["topic"] == WIKI_UNCATEGORIZED],
+    }
 
-    topic_features = datasets.Features(
-        {
-            "text": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=topics),
-            "title": datasets.Value("string"),
-        }
-    )
 
-    def topic_rows(rows):
-        rows = shuffled(rows, rng)
-        return datasets.Dataset.from_dict(
-            {
-                "text": [a["extract"] for a in rows],
-                "label": [a["topic"] for a in rows],
-                "title": [a["title"] for a in rows],
-            },
-            features=topic_features,
-        )
+def build_wiki(out_root: Path) -> None:
+    """English Wikipedia's Level-4 vital-article summaries: two tasks and the public corpus, article-disjoint.
 
-    save(
-        datasets.DatasetDict({"train": topic_rows(train), "validation": topic_rows(validation)}),
-        out_root / "wiki-topics",
-    )
+    - wiki-pairs: the articles with two usable sentences (see question_pairs), drawn first;
+    - wiki-topics (≈ SST-2): an extract -> one of the 11 topics, stratified, from the other categorised articles;
+    - wiki-corpus: every article no task uses (the Uncategorized ones included), the public corpus."""
+    import datasets
+
+    articles = read_wiki_summaries()
+    rng = random.Random(SEED)
+    parts = split_wiki(articles, rng)
+    topics = sorted({a["topic"] for a in parts["train"]})
+    text, title = datasets.Value("string"), datasets.Value("string")
+    topic_features = datasets.Features({"text": text, "label": datasets.ClassLabel(names=topics), "title": title})
+    topic_rows = {
+        split: [{"text": a["extract"], "label": a["topic"], "title": a["title"]} for a in shuffled(parts[split], rng)]
+        for split in ("train", "validation")
+    }
+    save_splits(topic_rows, topic_features, out_root / "wiki-topics")
     pair_rng = random.Random(SEED + 1)
     pair_features = datasets.Features(
         {
-            "question": datasets.Value("string"),
-            "sentence": datasets.Value("string"),
+            "question": text,
+            "sentence": text,
             "label": datasets.ClassLabel(names=PAIR_LABELS),
-            "title": datasets.Value("string"),
-            "sentence_title": datasets.Value("string"),
-            "topic": datasets.Value("string"),
+            "title": title,
+            "sentence_title": title,
+            "topic": text,
         }
     )
     pairs = {
-        split: shuffled(question_pairs(rows, pair_rng), pair_rng)
-        for split, rows in (("train", pair_train), ("validation", pair_validation))
+        split: shuffled(question_pairs(parts[f"pair_{split}"], pair_rng), pair_rng) for split in ("train", "validation")
     }
     save_splits(pairs, pair_features, out_root / "wiki-pairs")
+    corpus = parts["corpus"]
     save_corpus([a["extract"] for a in shuffled(corpus, rng)], out_root / "wiki-corpus")
-    corpus_words = sum(len(a["extract"].split()) for a in corpus)
     print(
-        f"[assets] wiki: {len(articles)} unique summaries -> wiki-pairs {len(pair_articles)} articles "
-        f"(train {len(pairs['train'])}, validation {len(pairs['validation'])} pairs); wiki-topics train {len(train)}, "
-        f"validation {len(validation)} ({len(topics)} topics); wiki-corpus {len(corpus)} extracts ({corpus_words} words)"
+        f"[assets] wiki: {len(articles)} unique summaries -> wiki-pairs "
+        f"{len(parts['pair_train']) + len(parts['pair_validation'])} articles (train {len(pairs['train'])}, "
+        f"validation {len(pairs['validation'])} pairs); wiki-topics train {len(parts['train'])}, validation "
+        f"{len(parts['validation'])} ({len(topics)} topics); wiki-corpus {len(corpus)} extracts "
+        f"({sum(len(a['extract'].split()) for a in corpus)} words)"
     )
 
 

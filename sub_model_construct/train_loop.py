@@ -121,6 +121,70 @@ def _all_reduce_grads(params: Sequence[nn.Parameter], accelerator) -> None:
         offset += n
 
 
+def _optimizer_and_schedule(named_params, optim: OptimConfig, total_steps: int, resume_state: dict | None):
+    """AdamW and its learning-rate schedule over the steps, restored from a checkpoint's state when resuming."""
+    optimizer = make_optimizer(named_params, optim)
+    warmup = math.ceil(optim.warmup_ratio * total_steps)
+    scheduler = get_scheduler(
+        optim.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+    )
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+    return optimizer, scheduler
+
+
+@dataclass
+class _MicroBatches:
+    """One optimiser step's forward and backward: this process's micro-batches of the effective batch, each
+    gradient weighted by its share of the batch."""
+
+    dataset: object
+    collate: Callable[[list[dict]], dict]
+    loss_fn: LossFn
+    micro_batch_size: int
+    device: torch.device
+    rank: int
+    world: int
+    desc: str
+    where: dict | None
+
+    def backward(self, indices, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """(this process's share-weighted loss, its weighted loss parts) after the backward passes. A non-finite
+        loss raises at once on one process; with several, it is added to the loss so every process sees it in the
+        sum (no one waits for a process that stopped)."""
+        hook = os.environ.get(TEST_HOOK)
+        micro = [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
+        step_loss = torch.zeros((), device=self.device)
+        parts_sum: dict[str, float] = {}
+        for chunk in micro[self.rank :: self.world]:
+            loss, parts = self.loss_fn(to_device(self.collate(fetch(self.dataset, chunk)), self.device))
+            share = len(chunk) / len(indices)
+            context = {**(self.where or {}), "step": step + 1, "process": self.rank}
+            if hook and _injects_nonfinite(hook, self.desc, context):
+                loss = loss * float("nan")
+            if not torch.isfinite(loss):
+                if self.world == 1:
+                    raise NonFiniteLossError(self.desc, loss.item(), step + 1, self.where)
+                step_loss += loss.detach()  # the others learn of it from the summed loss below: no one waits
+                break
+            (loss * share).backward()
+            step_loss += loss.detach() * share
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * share
+        return step_loss, parts_sum
+
+
+def _log_record(step: int, window: list[float], lr: float, grad_norm, parts: dict[str, float]) -> dict:
+    """A log line of the loop: the mean loss since the last one, the learning rate, the gradient norm (when
+    clipping) and the loss parts (on one process)."""
+    record = {"step": step + 1, "loss": sum(window) / len(window), "learning_rate": lr}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record.update(parts)
+    return record
+
+
 def train(
     named_params: Sequence[tuple[str, nn.Parameter]],
     dataset,
@@ -153,40 +217,16 @@ def train(
     of a data-parallel loop; `where` (e.g. round and client) goes into its message.
     """
     params = [p for _, p in named_params]
-    optimizer = make_optimizer(named_params, optim)
-    warmup = math.ceil(optim.warmup_ratio * total_steps)
-    scheduler = get_scheduler(
-        optim.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
-    )
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+    optimizer, scheduler = _optimizer_and_schedule(named_params, optim, total_steps, resume_state)
     rank, world = (data_parallel.process_index, data_parallel.num_processes) if data_parallel else (0, 1)
     is_main = data_parallel is None or data_parallel.is_main_process
     plan = batch_plan(len(dataset), effective_batch_size, seed, start_step)
     history, window, last_loss, started = [], [], float("nan"), time.perf_counter()
     bar = Progress(total_steps, desc, enabled=progress and is_main, initial=start_step)
-    hook = os.environ.get(TEST_HOOK)
+    batch = _MicroBatches(dataset, collate, loss_fn, micro_batch_size, device, rank, world, desc, where)
     try:
         for step in range(start_step, total_steps):
-            indices = next(plan)
-            micro = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
-            step_loss = torch.zeros((), device=device)
-            parts_sum: dict[str, float] = {}
-            for chunk in micro[rank::world]:
-                loss, parts = loss_fn(to_device(collate(fetch(dataset, chunk)), device))
-                share = len(chunk) / len(indices)
-                if hook and _injects_nonfinite(hook, desc, {**(where or {}), "step": step + 1, "process": rank}):
-                    loss = loss * float("nan")
-                if not torch.isfinite(loss):
-                    if world == 1:
-                        raise NonFiniteLossError(desc, loss.item(), step + 1, where)
-                    step_loss += loss.detach()  # the others learn of it from the summed loss below: no one waits
-                    break
-                (loss * share).backward()
-                step_loss += loss.detach() * share
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v * share
+            step_loss, parts_sum = batch.backward(next(plan), step)
             if world > 1 and data_parallel is not None:
                 _all_reduce_grads(params, data_parallel)
                 step_loss = data_parallel.reduce(step_loss, reduction="sum")
@@ -203,24 +243,21 @@ def train(
             window.append(last_loss)
             bar.update(1, loss=f"{last_loss:.4f}")
             if log_every and ((step + 1) % log_every == 0 or step + 1 == total_steps):
-                record = {"step": step + 1, "loss": sum(window) / len(window), "learning_rate": lr}
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                if world == 1:
-                    record.update(parts_sum)
-                history.append(record)
+                history.append(_log_record(step, window, lr, grad_norm, parts_sum if world == 1 else {}))
                 window = []
                 if log_fn is not None:
-                    log_fn(record)
+                    log_fn(history[-1])
             if on_step is not None:
                 on_step(step + 1, optimizer, scheduler)
     finally:
         bar.close()  # also when stopped: an error line must not share a line with the bar
     losses = [h["loss"] for h in history] or window
+    mean = sum(losses) / len(losses) if losses else float("nan")
+    seconds = time.perf_counter() - started
     return {
         "steps": total_steps - start_step,
-        "loss": sum(losses) / len(losses) if losses else float("nan"),
+        "loss": mean,
         "last_loss": last_loss,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "history": history,
     }
