@@ -15,7 +15,7 @@ weight term all go through this object. A width is read from the modules, never 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -182,7 +182,3 @@ def changed_count(ffn: FFN, layer: nn.Module, frozen: int) -> int:
     """Parameters an alignment can change in one layer with `frozen` neurons held: the other neurons' slices plus
     the shared tensors."""
     return (ffn.width(layer) - frozen) * ffn.per_neuron(layer) + ffn.shared_count(layer)
-
-
-def widths(ffn: FFN, layers: Sequence[nn.Module]) -> list[int]:
-    return [ffn.width(layer) for layer in layers]

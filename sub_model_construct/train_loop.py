@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -148,12 +148,13 @@ class _MicroBatches:
     world: int
     desc: str
     where: dict | None
+    hook: str | None = field(default_factory=lambda: os.environ.get(TEST_HOOK))  # read once per loop
 
     def backward(self, indices, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """(this process's share-weighted loss, its weighted loss parts) after the backward passes. A non-finite
         loss raises at once on one process; with several, it is added to the loss so every process sees it in the
         sum (no one waits for a process that stopped)."""
-        hook = os.environ.get(TEST_HOOK)
+        hook = self.hook
         micro = [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
         step_loss = torch.zeros((), device=self.device)
         parts_sum: dict[str, float] = {}
