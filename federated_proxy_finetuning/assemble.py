@@ -34,7 +34,7 @@ from .adapters import LayerRenamer, adapter_state, check_adapters_match, state_b
 from .align import alignment_parameters
 from .aligner import Aligner
 from .client import ClientTrainer
-from .modality import Modality
+from .modality import Modality, of_family
 from .partition import PartitionError, load_or_create_partition
 from .results import CHECKPOINT_PREFIX, RunFolder
 from .server import Federation, Server, sample_schedule
@@ -86,14 +86,7 @@ def fm_family(s: FedSettings, modality: Modality, fm_config) -> Family:
         family = family_of(fm_config)
     except UnsupportedModelError as exc:
         raise UsageError(str(exc)) from exc
-    if family.modality == "causal-lm":
-        raise UsageError(
-            f"{s.model_checkpoint} is a causal LM ({family.name}): federated fine-tuning of causal LMs is not "
-            "supported yet (its sub-FM can be built and distilled with distill.py)"
-        )
-    if family.modality != modality.name:
-        script = "fedtune_cv.py" if family.modality == "image" else "fedtune.py"
-        raise UsageError(f"{s.model_checkpoint} is a {family.modality} model: use {script}")
+    of_family(s, family, modality)
     return family
 
 
@@ -204,7 +197,7 @@ def client_trainer(s: FedSettings, task, partition, client_model, layers, accele
 
 def load_data(s: FedSettings, modality: Modality, accelerator, fm_config):
     """(task, preprocessor): tokenisation is cached by the main process first, read by the others."""
-    preprocessor = modality.preprocessor(s)
+    preprocessor = modality.preprocessor(s.model_checkpoint)
     with accelerator.main_process_first():
         task = modality.task(s, preprocessor, fm_config)
     trim_eval_splits(task, s)
@@ -275,7 +268,7 @@ def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | No
     resume, overwrite = decided
     fm_config = reads.config(s.model_checkpoint)
     fm_family(s, modality, fm_config)
-    s.check_model_limits(fm_config, modality.name)
+    s.check_model_limits(fm_config, modality)
     if s.cache_dir:  # written by the tokenisation, before the outputs are checked below
         io.check_writable(s.cache_dir, "tokenised-data cache folder (--cache_dir)")
     task, preprocessor = load_data(s, modality, accelerator, fm_config)

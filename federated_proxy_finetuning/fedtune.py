@@ -50,7 +50,7 @@ def check_flags(argv: list[str] | None, modality: str) -> FedSettings:
     of the FM (what a refused command line is refused by before anything is loaded or written)."""
     settings = parse_settings(argv, modality)
     settings.check_inputs()
-    settings.check_model_limits(reads.config(settings.model_checkpoint), modality)
+    settings.check_model_limits(reads.config(settings.model_checkpoint), MODALITIES[modality])
     return settings
 
 

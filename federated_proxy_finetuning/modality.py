@@ -1,40 +1,33 @@
 """The one seam between text and image runs (spec §4.2): task loading, public corpus, head class, normalisation and
 the command line's defaults. Everything else is the same program; it asks the run's `Modality` and never checks a
-modality string itself.
+modality string itself. Each object extends sub_model_construct's modality of the same name (preprocessor, limits
+of the FM, distillation corpus) with the task side.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sub_model_construct import corpus as corpus_lib
-from sub_model_construct import reads
+from sub_model_construct import modality as construction
 from sub_model_construct.cli import UsageError
-from sub_model_construct.families import max_tokens
+from sub_model_construct.families import Family, max_tokens
 
 from .image_tasks import load_image_task
 from .settings import FedSettings
 from .tasks import TaskData, TaskError, load_text_task
 
 
-@dataclass(frozen=True)
-class Modality:
-    name: str
+@dataclass(frozen=True, kw_only=True)
+class Modality(construction.Modality):
     script: str  # the command line for this modality
     head: str  # transformers auto class of the FM with its classification head
-    processor: str  # transformers auto class of the FM's tokenizer or image processor
     defaults: dict = field(default_factory=dict)  # flag -> default where this command line differs
 
     def head_class(self):
         import transformers
 
         return getattr(transformers, self.head)
-
-    def preprocessor(self, settings: FedSettings):
-        """The FM's tokenizer or image processor."""
-        import transformers
-
-        return reads.preprocessor(getattr(transformers, self.processor), settings.model_checkpoint)
 
     def load_task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
         raise NotImplementedError
@@ -56,7 +49,7 @@ class Modality:
             raise UsageError(f"alignment requested (--align_interval {settings.align.interval}) but {exc}") from exc
 
 
-class Text(Modality):
+class Text(Modality, construction.Text):
     def load_task(self, settings: FedSettings, tokenizer, fm_config) -> TaskData:
         s = settings
         length = min(s.max_length, max_tokens(fm_config))  # longer sequences would not fit the position embeddings
@@ -72,7 +65,7 @@ class Text(Modality):
         return blocks, corpus_lib.text_collator(tokenizer)
 
 
-class Image(Modality):
+class Image(Modality, construction.Image):
     def load_task(self, settings: FedSettings, processor, fm_config) -> TaskData:
         size = settings.image_size or fm_config.image_size
         task = load_image_task(
@@ -104,6 +97,24 @@ _IMAGE_DEFAULTS = {
     "align_grad_accum_min": 8,
 }
 MODALITIES: dict[str, Modality] = {
-    "text": Text("text", "fedtune.py", "AutoModelForSequenceClassification", "AutoTokenizer"),
-    "image": Image("image", "fedtune_cv.py", "AutoModelForImageClassification", "AutoImageProcessor", _IMAGE_DEFAULTS),
+    "text": Text(**asdict(construction.TEXT), script="fedtune.py", head="AutoModelForSequenceClassification"),
+    "image": Image(
+        **asdict(construction.IMAGE),
+        script="fedtune_cv.py",
+        head="AutoModelForImageClassification",
+        defaults=_IMAGE_DEFAULTS,
+    ),
 }
+
+
+def of_family(s: FedSettings, family: Family, modality: Modality) -> None:
+    """Refuses an FM whose family this command line (`modality`) cannot fine-tune, naming the one that can."""
+    own = MODALITIES.get(family.modality.name)
+    if own is None:
+        kind = family.modality.fm_kinds
+        raise UsageError(
+            f"{s.model_checkpoint} is a {kind} ({family.name}): federated fine-tuning of {kind}s is not supported "
+            f"yet (its sub-FM can be built and distilled with {family.modality.distill_script})"
+        )
+    if own is not modality:
+        raise UsageError(f"{s.model_checkpoint} is a {family.modality.name} model: use {own.script}")

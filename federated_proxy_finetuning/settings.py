@@ -12,7 +12,6 @@ from functools import cached_property
 from pathlib import Path
 
 from sub_model_construct.cli import FETCH_HINT, UsageError, str2bool
-from sub_model_construct.families import UnsupportedModelError, max_tokens
 from sub_model_construct.settings import (
     AT_LEAST_ONE,
     EPOCHS,
@@ -321,20 +320,11 @@ class FedSettings:
                 f"--stop_after_round must be in [0, --num_rounds {self.num_rounds}], got {self.stop_after_round}"
             )
 
-    def check_model_limits(self, config, modality: str) -> None:
+    def check_model_limits(self, config, modality) -> None:
         """Ranges that depend on the FM's config (read before any weights): alignment blocks its position embeddings
-        cover, a LoRA rank no larger than its hidden size, images of at least one patch. (--max_length is capped at
-        the positions instead: a longer limit truncates nothing more.)"""
+        cover, a LoRA rank no larger than its hidden size, images of at least one patch (the `modality`'s limits).
+        (--max_length is capped at the positions instead: a longer limit truncates nothing more.)"""
         if self.lora.rank > config.hidden_size:
             raise UsageError(f"--lora_rank must be in [1, {config.hidden_size}] for this FM, got {self.lora.rank}")
-        if modality == "text":
-            try:
-                limit = max_tokens(config)
-            except UnsupportedModelError:
-                return  # refused with the supported families when the models are built
-            if self.aligning and self.align.block_size > limit:
-                raise UsageError(f"--align_block_size must be in [1, {limit}] for this FM, got {self.align.block_size}")
-        elif self.image_size is not None and self.image_size < config.patch_size:
-            raise UsageError(
-                f"--image_size must be at least the FM's patch size {config.patch_size}, got {self.image_size}"
-            )
+        block = ("--align_block_size", self.align.block_size) if self.aligning else None
+        modality.check_limits(config, block, self.image_size)

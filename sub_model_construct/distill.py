@@ -26,16 +26,18 @@ import torch
 from sub_model_construct import distillation, io, reads
 from sub_model_construct import settings as settings_lib
 from sub_model_construct.cli import FETCH_HINT, UsageError, run_cli, setup_logging
-from sub_model_construct.settings import DISTILL_DEFAULTS, DistillSettings
+from sub_model_construct.modality import COMMAND_LINES
+from sub_model_construct.settings import DistillSettings
 from sub_model_construct.signals import Interrupted
 
 logger = logging.getLogger("distill")
 
 
 def build_parser(modality: str) -> argparse.ArgumentParser:
-    family = "ViT" if modality == "image" else "BERT/RoBERTa"
-    description = f"Construct a sub-FM and distil it from its FM ({family}; spec §2–§3)."
-    return settings_lib.build_parser(DistillSettings, modality, description, DISTILL_DEFAULTS[modality])
+    """The command line of one modality ("text": distill.py, "image": distill_vit.py)."""
+    m = COMMAND_LINES[modality]
+    description = f"Construct a sub-FM and distil it from its FM ({m.fm_kinds}; spec §2–§3)."
+    return settings_lib.build_parser(DistillSettings, m.name, description, m.distill_defaults)
 
 
 def check_inputs(s: DistillSettings) -> None:
@@ -66,16 +68,16 @@ def check_flags(argv: list[str] | None, modality: str) -> tuple[DistillSettings,
     """Every check of the flags that needs no more than the FM's config.json: ranges, combinations and the limits
     of the FM (what a refused command line is refused by before anything is loaded or written)."""
     namespace = build_parser(modality).parse_args(argv)
-    s = settings_lib.from_namespace(DistillSettings, namespace, DISTILL_DEFAULTS[modality])
+    s = settings_lib.from_namespace(DistillSettings, namespace, COMMAND_LINES[modality].distill_defaults)
     check_inputs(s)
-    return s, distillation.plan(s, modality)
+    return s, distillation.plan(s, COMMAND_LINES[modality])
 
 
 def main(argv: list[str] | None = None, modality: str = "text") -> int:
     s, plan = check_flags(argv, modality)
     corpus = out = None
     if s.distill:  # refused before anything is written: the corpus and the output folder
-        corpus = distillation.load_corpus(s, modality, plan.config)
+        corpus = COMMAND_LINES[modality].load_corpus(s, plan.config)
         out = distillation.output_folder(s, plan, corpus.tag)
         distillation.check_resumable(s, out)
     lock = check_outputs(s, plan, out)
@@ -101,7 +103,7 @@ def distil_steps(s: DistillSettings, modality: str, plan, corpus, out, accelerat
     fm, sub, fm_params, sub_params = distillation.build(s, plan, accelerator)
     if not s.distill:
         return 0
-    heldout, data, collate = distillation.split_corpus(s, modality, corpus, plan.config, accelerator)
+    heldout, data, collate = distillation.split_corpus(s, COMMAND_LINES[modality], corpus, plan.config, accelerator)
     fm.to(accelerator.device)
     resumed, resume_state = distillation.resume_point(s, out, accelerator)
     accelerator.wait_for_everyone()

@@ -1,6 +1,6 @@
 """Sub-FM construction and layer-level distillation as library steps (spec §2-§3): `plan` (checks that need no
-model), `load_corpus` (the public corpus, refused before anything is written), `build` (construct or reuse the
-undistilled sub-FM), `distil` (the training loop with checkpoints and resume) and `report` (held-out error and
+model), `build` (construct or reuse the undistilled sub-FM), `split_corpus` (the modality's public corpus, with
+items held out), `distil` (the training loop with checkpoints and resume) and `report` (held-out error and
 `distill_summary.json`). distill.py strings them together.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from . import corpus as corpus_lib
 from . import io, reads
 from .cli import UsageError
 from .distill_model import LayerKD, distillation_parameters, normalised_mse, prepare_for_distillation
-from .families import UnsupportedModelError, backbone, family_of, max_tokens
+from .families import UnsupportedModelError, backbone, family_of
+from .modality import Corpus, Modality
 from .settings import DistillSettings, as_flags
 from .sub_model import (
     SubModelError,
@@ -50,30 +50,14 @@ class Plan:
     sub_dir: Path  # the undistilled sub-FM (or emulator) folder
 
 
-@dataclass
-class Corpus:
-    train: object  # text: the raw corpus (cut into blocks later); image: the training images
-    tag: str  # its name in the output folder
-    preprocessor: object  # tokenizer or image processor
-    image_size: int | None = None
-
-
-def check_model_limits(s: DistillSettings, modality: str, config) -> None:
-    """Ranges that depend on the FM: text blocks its position embeddings cover, crops of at least one patch."""
-    if modality == "text" and s.distill and s.block_size > max_tokens(config):
-        raise UsageError(f"--block_size must be at most {max_tokens(config)} for this FM, got {s.block_size}")
-    if modality == "image" and s.image_size is not None and s.image_size < config.patch_size:
-        raise UsageError(f"--image_size must be at least the FM's patch size {config.patch_size}, got {s.image_size}")
-
-
-def plan(s: DistillSettings, modality: str) -> Plan:
+def plan(s: DistillSettings, modality: Modality) -> Plan:
     config = reads.config(s.model_checkpoint)
     try:
         family = family_of(config)
-        if family.corpus != modality:  # a causal LM is distilled on the text corpus, with distill.py
-            script = "distill_vit.py" if family.corpus == "image" else "distill.py"
-            raise UsageError(f"{s.model_checkpoint} is a {family.name} ({family.modality}) model: use {script}")
-        check_model_limits(s, modality, config)
+        if family.modality.command_line is not modality:  # a causal LM is distilled on text, with distill.py
+            kind = f"{family.name} ({family.modality.name})"
+            raise UsageError(f"{s.model_checkpoint} is a {kind} model: use {family.modality.distill_script}")
+        modality.check_limits(config, ("--block_size", s.block_size) if s.distill else None, s.image_size)
         qk_rank = config.hidden_size if s.qk_rank is None else s.qk_rank
         if s.emulator_layers:
             uniform_drop_plan(config.num_hidden_layers, *s.adapter_layers, s.emulator_layers)
@@ -96,25 +80,6 @@ def plan(s: DistillSettings, modality: str) -> Plan:
         name = sub_model_name(s.model_checkpoint, list(s.layers_retained), qk_rank, s.intermediate_rank)
     sub_dir = Path(s.output_dir) if not s.distill and s.output_dir else Path(s.sub_model_dir) / name
     return Plan(config, qk_rank, sub_dir)
-
-
-def load_corpus(s: DistillSettings, modality: str, config) -> Corpus:
-    try:
-        if modality == "text":
-            from transformers import AutoTokenizer
-
-            paths = [s.dataset1_path or None, s.dataset2_path or None]
-            raw = corpus_lib.load_text_corpora(paths, [s.dataset1_config, s.dataset2_config])
-            return Corpus(raw, corpus_lib.corpus_name(paths), reads.preprocessor(AutoTokenizer, s.model_checkpoint))
-        from transformers import AutoImageProcessor
-
-        processor = reads.preprocessor(AutoImageProcessor, s.model_checkpoint)
-        size = s.image_size or config.image_size
-        transform = corpus_lib.fm_image_transform(processor, config, size, train=True)
-        images = corpus_lib.load_image_corpus(s.distill_dataset_path, transform)
-        return Corpus(images, corpus_lib.corpus_name([s.distill_dataset_path]), processor, size)
-    except corpus_lib.CorpusError as exc:
-        raise UsageError(str(exc)) from exc
 
 
 def output_folder(s: DistillSettings, plan_: Plan, corpus_tag: str) -> Path:
@@ -162,31 +127,9 @@ def build(s: DistillSettings, plan_: Plan, accelerator):
     return fm, sub, fm_params, sub_params
 
 
-def split_corpus(s: DistillSettings, modality: str, corpus: Corpus, config, accelerator):
-    """(held-out items, training items, collate): the first shuffled items are held out for the report."""
-    if modality == "text":
-        cache = s.cache_dir or str(Path(s.sub_model_dir) / ".cache")
-        with accelerator.main_process_first():
-            blocks = corpus_lib.text_blocks(
-                corpus.train,
-                corpus.preprocessor,
-                s.block_size,
-                cache,
-                num_proc=s.num_proc,
-                truncate_at=s.max_seq_length,
-            )
-        blocks = blocks.shuffle(seed=s.seed)
-        n_eval = min(s.eval_blocks, len(blocks) // 10)
-        heldout, data = blocks.select(range(n_eval)), blocks.select(range(n_eval, len(blocks)))
-        collate = corpus_lib.text_collator(corpus.preprocessor)
-    else:
-        transform = corpus_lib.fm_image_transform(corpus.preprocessor, config, corpus.image_size, train=False)
-        eval_images = corpus_lib.load_image_corpus(s.distill_dataset_path, transform)
-        order = torch.randperm(len(corpus.train), generator=torch.Generator().manual_seed(s.seed)).tolist()
-        n_eval = min(s.eval_blocks, len(order) // 10)
-        heldout = torch.utils.data.Subset(eval_images, order[:n_eval])
-        data = torch.utils.data.Subset(corpus.train, order[n_eval:])
-        collate = corpus_lib.image_collate
+def split_corpus(s: DistillSettings, modality: Modality, corpus: Corpus, config, accelerator):
+    """(held-out items, training items, collate) of the public corpus, refused when nothing is left to train on."""
+    heldout, data, collate = modality.split_corpus(s, corpus, config, accelerator)
     if len(data) == 0:
         raise UsageError("the public corpus yields no training items")
     return heldout, data, collate

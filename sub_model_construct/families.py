@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from .ffn import FFN
+from .modality import CAUSAL_LM, IMAGE, TEXT, Modality
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Family:
     # classification head module(s) on the *ForSequence/ImageClassification model; () for a causal LM, whose (tied)
     # lm_head is never trained or shipped
     head: tuple[str, ...]
-    modality: str  # "text" or "image" (classification tasks), or "causal-lm" (decoder-only LMs)
+    modality: Modality  # TEXT or IMAGE (classification tasks), or CAUSAL_LM (decoder-only LMs)
     # dropout applied to the FFN output, relative to a layer (ViT shares it with attention); None where the layer has
     # no dropout module (the decoder LMs)
     ffn_dropout: str | None
@@ -36,11 +37,6 @@ class Family:
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}"
 
-    @property
-    def corpus(self) -> str:
-        """The kind of public corpus the family is distilled on: "image", or "text" (text encoders and causal LMs)."""
-        return "image" if self.modality == "image" else "text"
-
 
 _BERT = Family(
     name="bert",
@@ -48,7 +44,7 @@ _BERT = Family(
     ffn=FFN(inputs=("intermediate.dense",), output="output.dense", norm="output.LayerNorm"),
     attention=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
     head=("classifier",),
-    modality="text",
+    modality=TEXT,
     ffn_dropout="output.dropout",
 )
 
@@ -62,7 +58,7 @@ _LLAMA = Family(
     ffn=FFN(inputs=("mlp.gate_proj", "mlp.up_proj"), output="mlp.down_proj"),
     attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     head=(),
-    modality="causal-lm",
+    modality=CAUSAL_LM,
     ffn_dropout=None,
     frozen_in_distillation=("self_attn", "layernorm"),
 )
@@ -85,7 +81,7 @@ FAMILIES: dict[str, Family] = {
         ffn=FFN(inputs=("mlp.fc1",), output="mlp.fc2"),
         attention=("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
         head=("classifier",),
-        modality="image",
+        modality=IMAGE,
         ffn_dropout="dropout",
         frozen_in_distillation=("attention", "layernorm"),
     ),
@@ -97,7 +93,7 @@ FAMILIES: dict[str, Family] = {
         ffn=FFN(inputs=("ffn.lin1",), output="ffn.lin2", norm="output_layer_norm"),
         attention=("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
         head=("pre_classifier", "classifier"),
-        modality="text",
+        modality=TEXT,
         ffn_dropout="ffn.dropout",
     ),
     "llama": _LLAMA,

@@ -334,6 +334,3 @@ class DistillSettings:
             return str2bool(self.resume_from_checkpoint)
         except argparse.ArgumentTypeError:
             return False
-
-
-DISTILL_DEFAULTS = {"text": {}, "image": {"distill_alpha": 0.0}}  # the ViT reference distils without the weight term

@@ -14,6 +14,7 @@ from sub_model_construct import distill
 from sub_model_construct.cli import UsageError
 from sub_model_construct.distill_model import LayerKD, distillation_parameters, prepare_for_distillation
 from sub_model_construct.families import FAMILIES, backbone, encoder_layers, family_of, max_tokens
+from sub_model_construct.modality import CAUSAL_LM, TEXT
 from sub_model_construct.sub_model import (
     SubModelError,
     activation_saliency,
@@ -82,7 +83,7 @@ def gated_hidden(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_rows_resolve_on_stock_causal_lms(name):
     model = causal_lm(name)
     family = family_of(model.config)
-    assert family is FAMILIES[name] and family.modality == "causal-lm" and family.corpus == "text"
+    assert family is FAMILIES[name] and family.modality is CAUSAL_LM and family.modality.command_line is TEXT
     assert family.head == () and family.ffn_dropout is None
     layers = encoder_layers(model, family)
     assert isinstance(layers, nn.ModuleList) and len(layers) == LAYERS

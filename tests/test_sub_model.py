@@ -31,6 +31,7 @@ from sub_model_construct.families import (
     encoder_layers,
     family_of,
 )
+from sub_model_construct.modality import IMAGE
 from sub_model_construct.sub_model import (
     SubModelError,
     build_layer_drop_emulator,
@@ -61,7 +62,7 @@ def load_fm(fm_dirs, name: str) -> nn.Module:
 
 
 def head_class(name: str):
-    return AutoModelForImageClassification if FAMILIES[name].modality == "image" else AutoModelForSequenceClassification
+    return AutoModelForImageClassification if FAMILIES[name].modality is IMAGE else AutoModelForSequenceClassification
 
 
 def example_inputs(name: str, batch: int = 3) -> dict[str, torch.Tensor]:
