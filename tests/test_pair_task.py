@@ -1,19 +1,18 @@
-"""The BBC sentence-pair proxy of QNLI (scripts/prepare_assets.py): balanced, article-disjoint splits, no client
-text from the public corpus; and the stored splits are shuffled (not grouped by label)."""
+"""The BBC sentence-pair proxy of QNLI (federated_proxy_finetuning/assets/bbc.py): balanced, article-disjoint
+splits, no client text from the public corpus; and the stored splits are shuffled (not grouped by label)."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from federated_proxy_finetuning.assets import bbc
+from federated_proxy_finetuning.assets.common import shuffled
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("prepare_assets", ROOT / "scripts" / "prepare_assets.py")
-prepare_assets = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prepare_assets)
 
 BODY = "First sentence of article {i} has enough words here. Second sentence of article {i} is also long enough. Tiny."
 
@@ -26,7 +25,7 @@ def articles(n: int, topics: int = 2) -> list[dict]:
 
 
 def test_pairs_are_balanced_and_negatives_come_from_another_article_of_the_same_topic():
-    pairs = prepare_assets.sentence_pairs(articles(10), random.Random(0))
+    pairs = bbc.sentence_pairs(articles(10), random.Random(0))
     assert Counter(p["label"] for p in pairs) == {0: 5, 1: 5}
     assert sorted(p["article_id"] for p in pairs) == sorted(a["article_id"] for a in articles(10))  # one per article
     by_id = {a["article_id"]: a for a in articles(10)}
@@ -40,7 +39,7 @@ def test_pairs_are_balanced_and_negatives_come_from_another_article_of_the_same_
 
 
 def test_sentences_keep_only_usable_lengths():
-    assert prepare_assets.sentences("One two three four five six. Short one. Seven eight nine ten eleven twelve!") == [
+    assert bbc.sentences("One two three four five six. Short one. Seven eight nine ten eleven twelve!") == [
         "One two three four five six.",
         "Seven eight nine ten eleven twelve!",
     ]
@@ -48,9 +47,9 @@ def test_sentences_keep_only_usable_lengths():
 
 def test_shuffled_is_a_seeded_permutation():
     items = list(range(50))
-    once = prepare_assets.shuffled(items, random.Random(3))
+    once = shuffled(items, random.Random(3))
     assert sorted(once) == items and once != items
-    assert once == prepare_assets.shuffled(items, random.Random(3))
+    assert once == shuffled(items, random.Random(3))
 
 
 PAIRS = ROOT / "datasets" / "bbc-pairs"

@@ -1,20 +1,19 @@
-"""The Wikipedia tasks and corpus (scripts/prepare_assets.py build_wiki): wiki-pairs asks every question once with
-each label and uses every sentence once, no sentence names its question's title, the negatives come from the same
-topic; the three folders are article-disjoint; the validation splits are large enough to resolve 1-2 points."""
+"""The Wikipedia tasks and corpus (federated_proxy_finetuning/assets/wiki.py build_wiki): wiki-pairs asks every
+question once with each label and uses every sentence once, no sentence names its question's title, the negatives
+come from the same topic; the three folders are article-disjoint; the validation splits are large enough to resolve
+1-2 points."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from federated_proxy_finetuning.assets import wiki
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("prepare_assets", ROOT / "scripts" / "prepare_assets.py")
-prepare_assets = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prepare_assets)
 
 EXTRACT = (
     "{title} is the subject of article {i}. It was described in detail by {i} careful observers. "
@@ -30,16 +29,16 @@ def articles(n: int, topics: int = 2) -> list[dict]:
 
 
 def test_title_words_and_what_names_a_title():
-    title = prepare_assets.title_words("Mercury (planet) and the Sun")
+    title = wiki.title_words("Mercury (planet) and the Sun")
     assert title == {"mercury", "planet", "sun"}
-    assert prepare_assets.names_title("The planets orbit.", title)  # a shared five-letter stem
-    assert prepare_assets.names_title("Sun rises.", title)
-    assert not prepare_assets.names_title("Sunday is a day of rest.", title)  # short title words match whole words
-    assert not prepare_assets.names_title("It orbits a star.", title)
+    assert wiki.names_title("The planets orbit.", title)  # a shared five-letter stem
+    assert wiki.names_title("Sun rises.", title)
+    assert not wiki.names_title("Sunday is a day of rest.", title)  # short title words match whole words
+    assert not wiki.names_title("It orbits a star.", title)
 
 
 def test_wiki_sentences_drop_the_title_and_the_lengths_out_of_range():
-    found = prepare_assets.wiki_sentences(articles(1)[0])
+    found = wiki.wiki_sentences(articles(1)[0])
     assert found == [
         "It was described in detail by 0 careful observers.",
         "Several later accounts of its history appeared in print 0 times.",
@@ -48,7 +47,7 @@ def test_wiki_sentences_drop_the_title_and_the_lengths_out_of_range():
 
 def test_question_pairs_ask_each_question_once_per_label_and_use_each_sentence_once():
     source = articles(12, topics=3)
-    pairs = prepare_assets.question_pairs(source, random.Random(0))
+    pairs = wiki.question_pairs(source, random.Random(0))
     assert len(pairs) == 24
     assert Counter((p["question"], p["label"]) for p in pairs) == {
         (f"What is {a['title']}?", label): 1 for a in source for label in (0, 1)
@@ -58,7 +57,7 @@ def test_question_pairs_ask_each_question_once_per_label_and_use_each_sentence_o
     for p in pairs:
         assert (p["label"] == 1) == (p["sentence_title"] == p["title"])
         assert topic[p["sentence_title"]] == topic[p["title"]] == p["topic"]
-        assert not prepare_assets.names_title(p["sentence"], prepare_assets.title_words(p["title"]))
+        assert not wiki.names_title(p["sentence"], wiki.title_words(p["title"]))
 
 
 WIKI = [ROOT / "datasets" / name for name in ("wiki-topics", "wiki-pairs", "wiki-corpus")]
