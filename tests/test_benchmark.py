@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from federated_proxy_finetuning.bench import flops, timing
+from federated_proxy_finetuning.bench import flops, models, timing
 from federated_proxy_finetuning.bench.memory import glibc
 from scripts import benchmark
 
@@ -89,3 +89,16 @@ def test_operator_profile_is_cpu_only(capsys):
     with pytest.raises(SystemExit) as exc:
         benchmark.parse_args(["--profile-ops", "2", "--device", "cuda"])
     assert exc.value.code == 2 and "--device cpu" in capsys.readouterr().err
+
+
+def test_random_fm_comes_from_the_family_row():
+    from sub_model_construct.families import FAMILIES, encoder_layers
+
+    assert "llama" not in models.BENCH_FAMILIES and {"roberta", "vit"} <= set(models.BENCH_FAMILIES)
+    vit = models.random_fm(FAMILIES["vit"], 3, 32, 64, 2, num_labels=2, image_size=32)
+    assert type(vit).__name__ == "ViTForImageClassification" and vit.config.image_size == 32
+    assert [FAMILIES["vit"].ffn.width(layer) for layer in encoder_layers(vit, FAMILIES["vit"])] == [64] * 3
+    batch = models.batch_for(FAMILIES["vit"], 2, 8, 32, 2)
+    assert vit(**batch).logits.shape == (2, 2)
+    with pytest.raises(ValueError, match="does not take this shape"):  # DistilBERT's config ignores intermediate_size
+        models.random_fm(FAMILIES["distilbert"], 3, 32, 64, 2, num_labels=2, image_size=224)
