@@ -1,6 +1,6 @@
 """The communicated object (spec §4.4): the LoRA adapter plus the head. Its state, loading it into a model, renaming
 its layers between an emulator and the FM (FedOT), FedAvg over client adapters (spec §4.7) and the LoRA wrapping
-itself (targets from the family table), used by the federated runs and scripts/benchmark.py alike.
+itself (targets from the family table), used by the federated runs and the benchmark (bench/) alike.
 """
 
 from __future__ import annotations

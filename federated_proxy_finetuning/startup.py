@@ -1,8 +1,8 @@
 """One start-up for every way a federated run begins: `fedtune.py` and `fedtune_cv.py`, the Flower ServerApp
-(flower_app.server_main) and `scripts/profile_round.py`. From checked settings: the accelerator (CPU when asked or
-when no GPU is visible), the process count recorded in the settings (it enters the effective batch and the run's
-config), the logging of the main process, and the server `assemble.build_server` composes (None for a finished run
-under `--resume auto`)."""
+(flower_app.server_main) and the round profile (`bench/round_runs.py`, `scripts/profile_round.py`). From checked
+settings: the accelerator (CPU when asked or when no GPU is visible), the process count recorded in the settings (it
+enters the effective batch and the run's config), the logging of the main process, and the server
+`assemble.build_server` composes (None for a finished run under `--resume auto`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: its FLOP arithmetic, its report and a run on a tiny config (timings are not asserted)."""
+"""The client-cost benchmark (federated_proxy_finetuning/bench, scripts/benchmark.py): its FLOP arithmetic, its models
+from the family table, its report and a run on a tiny config (timings are not asserted)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,23 @@ import json
 
 import pytest
 
+from federated_proxy_finetuning.bench import flops, models, timing
+from federated_proxy_finetuning.bench.memory import glibc
 from scripts import benchmark
 
 
 def test_flop_ratio_of_the_paper_shape():
-    r = benchmark.flop_ratios(layers=12, hidden=768, ffn=3072, rank=768, kept=2, seq=128, emulator_layers=7)
+    r = flops.flop_ratios(layers=12, hidden=768, ffn=3072, rank=768, kept=2, seq=128, emulator_layers=7)
     attention = 4 * 768**2 + 2 * 128 * 768
     full = 12 * (attention + 2 * 768 * 3072)
     assert r["sub"] == pytest.approx((12 * attention + 2 * 2 * 768 * 3072 + 10 * 2 * 768 * 768) / full)
     assert round(r["sub"], 3) == 0.595
     assert r["emulator"] == pytest.approx(7 / 12) and r["fm"] == 1.0
-    assert benchmark.ffn_flops_ratio(12, 768, 3072, 768, 2, 128) == r["sub"]
+    assert flops.ffn_flops_ratio(12, 768, 3072, 768, 2, 128) == r["sub"]
 
 
 def test_spread_and_bad_flags(capsys):
-    assert {k: v for k, v in benchmark.spread([3.0, 1.0, 2.0]).items() if k != "all"} == {
+    assert {k: v for k, v in timing.spread([3.0, 1.0, 2.0]).items() if k != "all"} == {
         "min": 1.0, "median": 2.0, "max": 3.0, "n": 3,
     }  # fmt: skip
     for argv in (["--repeats", "0"], ["--intermediate_rank", "4000"], ["--layers", "2"]):
@@ -46,7 +49,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
         )
         memory = row["memory"]
         assert memory["peak_bytes"] >= memory["before_bytes"] > 0
-        if benchmark.glibc():  # a second child with freed memory returned
+        if glibc():  # a second child with freed memory returned
             returned = memory["returned"]
             assert returned["peak_bytes"] >= returned["before_bytes"] > 0
             assert (
@@ -60,7 +63,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     text = out.with_suffix(".md").read_text()
     assert text in capsys.readouterr().out
     assert "| sub-FM (FedPFT) |" in text and "Target sub-FM/FM training step" in text
-    if benchmark.glibc():
+    if glibc():
         assert "freed memory returned (ratio)" in text and "With freed memory returned to the system" in text
 
 
@@ -74,9 +77,9 @@ def test_operator_profile_groups_every_operator_once(tmp_path):
     assert operators["steps"] == 1
     for key in ("fm", "sub", "emulator"):
         per_op, groups = operators["seconds_by_operator"][key], operators["seconds_by_group"][key]
-        assert list(groups) == [name for name, _ in benchmark.OP_GROUPS]
+        assert list(groups) == [name for name, _ in timing.OP_GROUPS]
         assert sum(groups.values()) == pytest.approx(sum(per_op.values()))
-        matmuls = sum(v for op, v in per_op.items() if op in benchmark.MATMUL_OPS)
+        matmuls = sum(v for op, v in per_op.items() if op in timing.MATMUL_OPS)
         assert groups["matrix products (mm, addmm, bmm)"] == pytest.approx(matmuls) and matmuls > 0
     text = out.with_suffix(".md").read_text()
     assert "| operator group |" in text and "| **total** |" in text
@@ -86,3 +89,16 @@ def test_operator_profile_is_cpu_only(capsys):
     with pytest.raises(SystemExit) as exc:
         benchmark.parse_args(["--profile-ops", "2", "--device", "cuda"])
     assert exc.value.code == 2 and "--device cpu" in capsys.readouterr().err
+
+
+def test_random_fm_comes_from_the_family_row():
+    from sub_model_construct.families import FAMILIES, encoder_layers
+
+    assert "llama" not in models.BENCH_FAMILIES and {"roberta", "vit"} <= set(models.BENCH_FAMILIES)
+    vit = models.random_fm(FAMILIES["vit"], 3, 32, 64, 2, num_labels=2, image_size=32)
+    assert type(vit).__name__ == "ViTForImageClassification" and vit.config.image_size == 32
+    assert [FAMILIES["vit"].ffn.width(layer) for layer in encoder_layers(vit, FAMILIES["vit"])] == [64] * 3
+    batch = models.batch_for(FAMILIES["vit"], 2, 8, 32, 2)
+    assert vit(**batch).logits.shape == (2, 2)
+    with pytest.raises(ValueError, match="does not take this shape"):  # DistilBERT's config ignores intermediate_size
+        models.random_fm(FAMILIES["distilbert"], 3, 32, 64, 2, num_labels=2, image_size=224)

@@ -1,4 +1,5 @@
-"""The round-profile tooling: timings.jsonl in the run folder, and the pure helpers of scripts/profile_round.py."""
+"""The round-profile tooling: timings.jsonl in the run folder, and the pure helpers of the round profile
+(federated_proxy_finetuning/bench/round_parts.py, used by scripts/profile_round.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import logging
 
 import pytest
 
+from federated_proxy_finetuning.bench import round_parts as pr
 from federated_proxy_finetuning.results import RunFolder
-from scripts import profile_round as pr
 
 
 def timing(r: int, total: float, **parts: float) -> dict:
