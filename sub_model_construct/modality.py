@@ -44,6 +44,15 @@ class Modality:
     def check_limits(self, config, block: tuple[str, int] | None, image_size: int | None) -> None:
         """Ranges that depend on the FM: `block` = (flag, tokens) of public-corpus blocks, `image_size` of crops."""
 
+    def config_shape(self, image_size: int) -> dict:
+        """Config fields of a random-weight FM of this modality beyond the layer shape (the benchmark's)."""
+        return {}
+
+    def random_inputs(self, batch: int, seq: int, image_size: int, generator: torch.Generator) -> dict:
+        """A batch of random model inputs: token ids of `seq` positions, or RGB images of `image_size` pixels."""
+        ids = torch.randint(5, 1000, (batch, seq), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
     def load_corpus(self, s, config) -> Corpus:
         """The public corpus for layer-level distillation (DistillSettings `s`), refused with one line."""
         raise NotImplementedError
@@ -100,6 +109,12 @@ class CausalLM(Text):
 
 
 class Image(Modality):
+    def config_shape(self, image_size: int) -> dict:
+        return {"image_size": image_size}
+
+    def random_inputs(self, batch: int, seq: int, image_size: int, generator: torch.Generator) -> dict:
+        return {"pixel_values": torch.randn(batch, 3, image_size, image_size, generator=generator)}
+
     def check_limits(self, config, block: tuple[str, int] | None, image_size: int | None) -> None:
         if image_size is not None and image_size < config.patch_size:
             raise UsageError(f"--image_size must be at least the FM's patch size {config.patch_size}, got {image_size}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from federated_proxy_finetuning.adapters import with_lora
+from federated_proxy_finetuning.methods import EMULATOR, FM_ITSELF, SUB_FM
 from sub_model_construct.families import FAMILIES, Family, encoder_layers, family_of
 
 MODELS = {"fm": "FM (FedPETuning)", "sub": "sub-FM (FedPFT)", "emulator": "emulator (FedOT)"}
@@ -18,7 +19,7 @@ def head_name(family: Family) -> str:
     """The transformers auto class of the row's modality with its classification head."""
     from federated_proxy_finetuning.modality import MODALITIES
 
-    return MODALITIES[family.modality].head
+    return MODALITIES[family.modality.name].head
 
 
 def head_class(name: str):
@@ -37,9 +38,8 @@ def random_fm(family: Family, layers: int, hidden: int, ffn: int, heads: int, nu
         intermediate_size=ffn,
         num_attention_heads=heads,
         num_labels=num_labels,
+        **family.modality.config_shape(image_size),
     )
-    if family.modality == "image":
-        shape["image_size"] = image_size
     config = AutoConfig.for_model(family.name, **shape)
     model = head_class(head_name(family)).from_config(config)
     blocks = encoder_layers(model, family)
@@ -63,22 +63,17 @@ def emulator_middle_layers(layers: int) -> int:
     return max(1, (layers - 2) // 2)
 
 
-def lora_layers(key: str, config) -> list[int]:
-    """FedPFT and FedPETuning tune attention LoRA in every layer; FedOT its adapter layers (bottom and top)."""
-    n = config.num_hidden_layers
-    return [0, n - 1] if key == "emulator" else list(range(n))
+# the benchmark's model keys and the client model each one is (its tuned layers: methods.ClientModel)
+CLIENT_MODELS = {"fm": FM_ITSELF, "sub": SUB_FM, "emulator": EMULATOR}
 
 
 def client_model(key: str, model, family: Family, lora_rank: int):
-    return with_lora(model, family, lora_layers(key, model.config), lora_rank, 2 * lora_rank)
+    """LoRA on the layers the method's clients tune: every layer (FedPFT, FedPETuning), FedOT's adapters."""
+    return with_lora(model, family, CLIENT_MODELS[key].tuned_layers(model.config), lora_rank, 2 * lora_rank)
 
 
 def batch_for(family: Family, batch: int, seq: int, image_size: int, num_labels: int, device: str = "cpu"):
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, num_labels, (batch,), generator=gen)
-    if family.modality == "image":
-        out = {"pixel_values": torch.randn(batch, 3, image_size, image_size, generator=gen), "labels": labels}
-    else:
-        ids = torch.randint(5, 1000, (batch, seq), generator=gen)
-        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    out = {**family.modality.random_inputs(batch, seq, image_size, gen), "labels": labels}
     return {k: v.to(device) for k, v in out.items()}
