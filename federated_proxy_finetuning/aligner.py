@@ -44,12 +44,12 @@ class Aligner:
         return self.aligns_in(round_index) and self.settings.retained_ratio > 0
 
     def run(
-        self, fm, client_model, rates, round_index: int, accelerator, global_state: dict, last_client: dict
+        self, fm, client_model, rates, round_index: int, accelerator, global_adapter: dict, last_client: dict
     ) -> dict:
         """One alignment of the client model (student) to the FM (teacher), which carries the plugged-in global
         adapter. The student carries it too, or with --align_adapter reference the last client's (spec §6.5)."""
         self.grad_accum = next_grad_accum(self.grad_accum, self.settings.grad_accum_min, self.settings.epochs)
-        load_adapter(client_model, global_state if self.settings.adapter == "global" else last_client)
+        load_adapter(client_model, global_adapter if self.settings.adapter == "global" else last_client)
         return align(
             fm,
             client_model,

@@ -36,7 +36,7 @@ from .aligner import Aligner
 from .client import ClientTrainer
 from .modality import Modality, of_family
 from .partition import PartitionError, load_or_create_partition
-from .results import CHECKPOINT_PREFIX, RunFolder
+from .results import RunFolder
 from .server import Federation, Server, sample_schedule
 from .settings import FedSettings
 
@@ -288,15 +288,17 @@ def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | No
     checkpoint = resumed.latest_checkpoint() if resume else None
     if resume and checkpoint is None:
         raise UsageError(f"--resume: no round checkpoint in {run.path}")
+    resume_from = None
     if checkpoint is not None:
         keys = ("round", "sync", "grad_accum") if aligner is not None else ("round", "sync")
-        resumed.check_resumable(checkpoint, keys)
+        resume_from = resumed.read_checkpoint(checkpoint, keys)
+        logger.info("resuming from %s (round %d)", checkpoint, resume_from[0]["round"])
     check_outputs(s, run, fm_peft, client, aligner)
     partition = client_partition(s, task, accelerator)
     if accelerator.is_main_process:
         run.lock.acquire()
     try:
-        return start(s, accelerator, run, source, checkpoint, resume, overwrite, task, partition, metric,
+        return start(s, accelerator, run, source, resume_from, resume, overwrite, task, partition, metric,
                      (fm_peft, client, renamer, client_params, fm_params), aligner)  # fmt: skip
     except BaseException:
         run.lock.release()
@@ -319,7 +321,7 @@ def hardware(accelerator) -> dict:
     }
 
 
-def start(s, accelerator, run, source, checkpoint, resume, overwrite, task, partition, metric, models, aligner):
+def start(s, accelerator, run, source, resume_from, resume, overwrite, task, partition, metric, models, aligner):
     """Everything that writes: the run folder (a copy of the run it extends), config.json, the server."""
     fm_peft, client, renamer, client_params, fm_params = models
     if source is not None and accelerator.is_main_process:
@@ -327,8 +329,6 @@ def start(s, accelerator, run, source, checkpoint, resume, overwrite, task, part
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         logger.info("extending %s to %d rounds in %s", source, s.num_rounds, run.path)
     accelerator.wait_for_everyone()
-    if source is not None:
-        checkpoint = run.checkpoint_dir(io.checkpoint_step(checkpoint, CHECKPOINT_PREFIX))
     run.prepare(resume=resume, overwrite=overwrite)
     fm_peft.to(accelerator.device)
     client.to(accelerator.device)
@@ -347,9 +347,9 @@ def start(s, accelerator, run, source, checkpoint, resume, overwrite, task, part
             s.method, s.task_name, s.num_clients, len(schedule[0]), mebi(client_params), mebi(fm_params),
         )  # fmt: skip
     run.write_config({"args": as_flags(s), **info, "hardware": hardware(accelerator)})
-    server = Server(
-        Federation(s, accelerator, task, fm_peft, client, renamer, trainer, schedule, run, metric, aligner, info)
-    )
-    if checkpoint is not None:
-        server.restore(checkpoint)
-    return server
+    return Server(
+        Federation(
+            s, accelerator, task, fm_peft, client, renamer, trainer, schedule, run, metric, aligner, info,
+            resume_from=resume_from,
+        )
+    )  # fmt: skip

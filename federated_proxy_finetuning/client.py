@@ -78,11 +78,12 @@ class ClientTrainer:
         return sum(len(d) for d in self.datasets)
 
     def train(
-        self, client: int, round_index: int, lr: float, global_state: dict, seed: int, collect: bool
+        self, client: int, round_index: int, lr: float, adapter: dict, seed: int, collect: bool
     ) -> ClientUpdate:
+        """One client's local training from `adapter` (the global one, in the client model's layer names)."""
         started = time.perf_counter()
         data = self.datasets[client]
-        load_adapter(self.model, global_state)
+        load_adapter(self.model, adapter)
         self.model.train()
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         local_seed = client_seed(seed, round_index, client)

@@ -5,7 +5,10 @@ bias) and output columns, plus each compressed layer's shared output bias (and L
 as of the last round it took part in; when it is selected again it must receive every change made since then, that
 is, per compressed layer, the union of the neurons updated by the alignments it missed, plus the shared output
 parameters once. That is never more than the compressed FFNs in full. `SubFMSync` keeps the version each client
-holds and the neurons each alignment updated, and charges exactly that.
+holds and the neurons each alignment updated, and charges exactly that. `ffn_changes` gives those values (the
+updated neurons' slices and the shared tensors of each touched layer, under short names:
+`<layer>.in|out|norm.<param>`) and `apply_ffn_changes` brings a client's copy up to date; `RoundPayload` is what a
+remote transport sends a round's clients.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sub_model_construct.families import Family, encoder_layers
+from sub_model_construct.families import Family, backbone, encoder_layers, family_of
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,55 @@ class SubFMSync:
             raise ValueError("checkpoint sub-FM versions are for a different number of clients")
         self.client_version = list(state["client_version"])
         self.updates = list(state["updates"])
+
+
+@dataclass(frozen=True)
+class RoundPayload:
+    """What a round sends its clients: the global adapter in client-model layer names, the round's learning rate,
+    whether to count zero activations, and per client the sub-FM FFN changes it lacks (`ffn_changes`; absent when
+    none)."""
+
+    round: int
+    clients: list[int]
+    learning_rate: float
+    collect: bool
+    seed: int
+    adapter: dict[str, torch.Tensor]
+    sub_fm: dict[int, dict[str, torch.Tensor]]
+
+
+def _wire_names(ffn) -> dict[str, str]:
+    """Short payload names of an FFN's modules: `in` (`in0`, `in1`, ... for several inputs), `out`, `norm`."""
+    names = {name: "in" if len(ffn.inputs) == 1 else f"in{k}" for k, name in enumerate(ffn.inputs)}
+    return names | {ffn.output: "out"} | ({ffn.norm: "norm"} if ffn.norm else {})
+
+
+def _wire_key(layer: int, tensor: str, names: dict[str, str]) -> str:
+    module, _, param = tensor.rpartition(".")
+    return f"{layer}.{names[module]}.{param}"
+
+
+def ffn_changes(client_model, changes: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The values of the sub-FM parameters listed in `changes` ({layer: neurons}): the neurons' slices of the FFN's
+    input and output matrices, plus each touched layer's shared output bias and post-FFN norm (ffn.FFN)."""
+    family = family_of(backbone(client_model).config)
+    blocks, names = encoder_layers(client_model, family), _wire_names(family.ffn)
+    out = {}
+    for layer, neurons in changes.items():
+        out[f"{layer}.neurons"] = neurons.to(torch.int64)
+        for tensor, value in family.ffn.neuron_state(blocks[layer], neurons).items():
+            out[_wire_key(layer, tensor, names)] = value
+    return out
+
+
+@torch.no_grad()
+def apply_ffn_changes(client_model, state: dict[str, torch.Tensor]) -> None:
+    family = family_of(backbone(client_model).config)
+    blocks, names = encoder_layers(client_model, family), _wire_names(family.ffn)
+    layers = sorted({int(k.split(".", 1)[0]) for k in state})
+    for layer in layers:
+        neurons = state[f"{layer}.neurons"].long()
+        tensors = [s.name for s in family.ffn.neuron_slices(blocks[layer])]
+        tensors += [name for name, _ in family.ffn.shared(blocks[layer])]
+        values = {tensor: state[_wire_key(layer, tensor, names)] for tensor in tensors}
+        family.ffn.load_neuron_state(blocks[layer], neurons, values)

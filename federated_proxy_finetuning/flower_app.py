@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 
 from .client import ClientUpdate
+from .communication import RoundPayload
 from .flower_wire import (
     HELLO,
     ConfigRecord,
@@ -39,7 +39,6 @@ from .flower_wire import (
     Message,
     RecordDict,
     client_model_payload,
-    ffn_changes,
     record_of,
     run_settings,
     state_of,
@@ -56,19 +55,19 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------- server side
 class FlowerClients:
-    """The `Server`'s remote transport: the round's clients are trained on the SuperNodes that hold them."""
+    """The `Server`'s remote transport: the round's clients are trained on the SuperNodes that hold them. It is
+    handed a round's payload and returns the clients' updates; it holds no reference to the server."""
 
-    def __init__(self, grid: Grid, server, round_timeout: float | None, connect_timeout: float) -> None:
-        self.grid, self.server = grid, server
+    def __init__(self, grid: Grid, round_timeout: float | None, connect_timeout: float) -> None:
+        self.grid = grid
         self.round_timeout, self.connect_timeout = round_timeout, connect_timeout
         self.node_of: dict[int, int] = {}  # client (partition id) -> Flower node id
         self.last: dict = {}
 
     # -------------------------------------------------------------- first contact
-    def connect(self) -> dict:
-        """Find the node of every client, and send the client model to nodes that lack it. Returns the shipping
-        record (bytes computed and on the wire)."""
-        num_clients = self.server.f.settings.num_clients
+    def connect(self, num_clients: int, client_model) -> dict:
+        """Find the node of every client, and send `client_model` to nodes that lack it. Returns the shipping
+        record: the clients sent the model, and the bytes that went on the wire."""
         deadline = time.monotonic() + self.connect_timeout
         holds_model: dict[int, bool] = {}
         asked: set[int] = set()
@@ -107,18 +106,12 @@ class FlowerClients:
                 asked -= set(new) - answered
                 time.sleep(2.0)
         need = [c for c in sorted(self.node_of) if not holds_model[c]]
-        shipped = {"clients_installed": need, "install_bytes_on_wire": self.install(need)}
-        # a client given the model now holds the current sub-FM (after a resume: the restored one); a client with a
-        # local copy holds the sub-FM as built (version 0) and is sent every alignment's changes when selected
-        sync = self.server.sync
-        for client in self.node_of:
-            sync.client_version[client] = sync.version if client in need else 0
-        return shipped
+        return {"clients_installed": need, "install_bytes_on_wire": self.install(need, client_model)}
 
-    def install(self, need: list[int]) -> int:
+    def install(self, need: list[int], client_model) -> int:
         """Send the client model to the clients in `need` (three tries); returns the bytes that went on the wire."""
         on_wire = 0
-        pending, payload = list(need), client_model_payload(self.server.f.client_model) if need else None
+        pending, payload = list(need), client_model_payload(client_model) if need else None
         for attempt in range(3):  # every shipment counts on the wire, a repeated one too
             if not pending:
                 break
@@ -144,23 +137,17 @@ class FlowerClients:
         return Message(content, node, kind, group_id=group)
 
     # -------------------------------------------------------------- a round
-    def train(self, r: int, lr: float, clients: Sequence[int], server, collect: bool) -> list[ClientUpdate]:
-        f = server.f
+    def train(self, payload: RoundPayload) -> list[ClientUpdate]:
+        """Send each of the round's clients its part of `payload`; the updates of those that replied in time."""
+        r, clients = payload.round, payload.clients
         messages, client_of = [], {}
         for client in clients:
-            content = RecordDict(
-                {
-                    "config": ConfigRecord(
-                        {"round": r, "client": client, "learning-rate": lr, "collect": collect, "seed": f.settings.seed}
-                    ),
-                    "adapter": record_of(server.global_state),
-                }
-            )
-            changes = server.sync.changes_for(client)
-            if changes:
-                content["sub_fm"] = record_of(ffn_changes(f.client_model, changes))
-            message = self._message(content, self.node_of[client], "train", str(r))
-            messages.append(message)
+            config = {"round": r, "client": client, "learning-rate": payload.learning_rate}
+            config.update({"collect": payload.collect, "seed": payload.seed})
+            content = RecordDict({"config": ConfigRecord(config), "adapter": record_of(payload.adapter)})
+            if client in payload.sub_fm:
+                content["sub_fm"] = record_of(payload.sub_fm[client])
+            messages.append(self._message(content, self.node_of[client], "train", str(r)))
         sent = sum(wire_bytes(m) for m in messages)
         for message, client in zip(messages, clients):
             client_of[message.metadata.dst_node_id] = client
@@ -219,10 +206,10 @@ def server_main(grid: Grid, context: Context) -> None:
     server, accelerator, settings = start(settings, modality)
     if server is None:  # --resume auto on a finished run
         return
-    remote = FlowerClients(grid, server, round_timeout, connect_timeout)
-    shipped = remote.connect()
+    remote = FlowerClients(grid, round_timeout, connect_timeout)
+    shipped = remote.connect(settings.num_clients, server.f.client_model)
     server.f.info["flower"] = {"transport": "flower", **shipped}
-    server.f.remote = remote
+    server.attach(remote, shipped["clients_installed"], sorted(remote.node_of))
     try:
         summary = server.run()
     finally:

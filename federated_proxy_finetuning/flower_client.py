@@ -10,6 +10,7 @@ import torch
 
 from sub_model_construct.families import backbone
 
+from .communication import apply_ffn_changes
 from .flower_wire import (
     HELLO,
     INSTALL,
@@ -18,7 +19,6 @@ from .flower_wire import (
     Message,
     MetricRecord,
     RecordDict,
-    apply_ffn_changes,
     record_of,
     run_settings,
     state_of,

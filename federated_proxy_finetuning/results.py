@@ -172,14 +172,12 @@ class RunFolder:
     def checkpoint_dir(self, round_index: int) -> Path:
         return self.server / f"{CHECKPOINT_PREFIX}{round_index}"
 
-    def save_checkpoint(self, round_index: int, fm_peft, state: dict, keep: set[int]) -> None:
-        """The FM's adapter in PEFT format + the server state, atomically; older round checkpoints not in `keep`
-        are removed."""
+    def save_checkpoint(self, round_index: int, write_adapter, state: dict, keep: set[int]) -> None:
+        """The adapter (`write_adapter(folder)` writes its PEFT files) + the server state, atomically; older round
+        checkpoints not in `keep` are removed."""
         if not self.is_main:
             return
-        io.save_checkpoint(
-            self.checkpoint_dir(round_index), lambda tmp: fm_peft.save_pretrained(str(tmp)), state, STATE_FILE
-        )
+        io.save_checkpoint(self.checkpoint_dir(round_index), write_adapter, state, STATE_FILE)
         io.prune_checkpoints(self.server, CHECKPOINT_PREFIX, keep | {round_index})
 
     def latest_checkpoint(self) -> Path | None:
@@ -199,12 +197,14 @@ class RunFolder:
             raise reads.ReadError(f"server state {path} is of round {state['round']}, not of its folder's round")
         return state
 
-    def check_resumable(self, checkpoint: Path, state_keys: tuple[str, ...]) -> None:
-        """Read everything a resume from `checkpoint` reads (server state, adapter, metrics) before any writing."""
-        self.read_state(checkpoint, state_keys)
+    def read_checkpoint(self, checkpoint: Path, state_keys: tuple[str, ...]) -> tuple[dict, dict]:
+        """(server state, adapter) of the round checkpoint a resume continues from, read once before any writing,
+        with the metrics checked to reach its round."""
+        state = self.read_state(checkpoint, state_keys)
         with reads.reading(checkpoint / "adapter_model.safetensors", "adapter file"):
-            read_adapter(checkpoint)
+            adapter = read_adapter(checkpoint)
         rounds = [r["round"] for r in self.read_metrics()]
         last = io.checkpoint_step(checkpoint, CHECKPOINT_PREFIX)
         if last not in rounds:  # metrics are written before the checkpoint of their round
             raise reads.ReadError(f"metrics file {self.metrics_path} lacks round {last} of checkpoint {checkpoint}")
+        return state, adapter

@@ -2,8 +2,9 @@
 checkpoint. The clients of a round are spread over the processes (client-parallel), their updates gathered, and
 every process aggregates identically; evaluation and alignment are data-parallel.
 
-The global adapter lives in one place, `Server.global_state` (in client-model layer names); `plug_in` puts it into
-the FM, once a round, before evaluation, alignment and the checkpoint, so all three see this round's adapter.
+The global adapter has one owner, `Server.adapter` (global_adapter.GlobalAdapter, in FM layer names, renamed only
+at the client boundary); `plug_in` puts it into the FM once a round, before evaluation and alignment, and the
+checkpoint writes it explicitly.
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sub_model_construct.families import backbone, family_of
 from sub_model_construct.progress import Progress
 from sub_model_construct.signals import Interrupted
 from sub_model_construct.train_loop import NonFiniteLossError
 
-from .adapters import FederatedError, adapter_state, aggregate, load_adapter, state_bytes
+from .adapters import FederatedError, load_adapter, state_bytes
 from .align import zero_activation_rates
 from .aligner import Aligner
 from .client import ClientTrainer, ClientUpdate, evaluate, round_learning_rate
-from .communication import SubFMSync, ffn_shapes, model_bytes
-from .results import RunFolder, read_adapter
+from .communication import RoundPayload, SubFMSync, ffn_changes, ffn_shapes, model_bytes
+from .global_adapter import GlobalAdapter
+from .results import RunFolder
 from .settings import FedSettings
 from .tasks import TaskData
 
@@ -79,12 +80,14 @@ class Federation:
     aligner: Aligner | None = None  # FedPFT only
     info: dict = field(default_factory=dict)  # start-up facts repeated in summary.json
     remote: object | None = None  # clients elsewhere (flower_app.FlowerClients); None: trained in these processes
+    # a resume: (server state, FM-named adapter) of the checkpoint it continues from, read once at start-up
+    resume_from: tuple[dict, dict] | None = None
 
 
 class Server:
     def __init__(self, fed: Federation) -> None:
         self.f = fed
-        self.global_state = fed.renamer.to_sub(adapter_state(fed.fm))
+        self.adapter = GlobalAdapter.of(fed.fm, fed.renamer)
         self.history: list[dict] = []
         self.timings: list[dict] = []  # timings.jsonl, one record per round (log_timings)
         self.start_round = 0
@@ -97,6 +100,8 @@ class Server:
         self.sync = SubFMSync(ffn_shapes(model, family, layers), settings.num_clients, _element_size(model))
         self.client_model_bytes = model_bytes(model, family.head)
         self.data_split = "server_val" if settings.partition.test_holdout > 0 else "server_test"  # spec §4.12
+        if fed.resume_from is not None:
+            self.restore(*fed.resume_from)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -132,9 +137,9 @@ class Server:
         updates = self.train_clients(r, lr, collect)
         t1 = time.perf_counter()
         self.aggregate(r, updates)
-        bad = [k for k, v in self.global_state.items() if not torch.isfinite(v).all()]
+        bad = self.adapter.non_finite()
         if bad:
-            raise self.stop(f"non-finite values in aggregation, round {r}: the global adapter's {bad[0]}")
+            raise self.stop(f"non-finite values in aggregation, round {r}: the global adapter's {bad}")
         self.plug_in()
         t2 = time.perf_counter()
         record = {"round": r, "learning_rate": lr, **self.client_record(updates, collect)}
@@ -178,13 +183,14 @@ class Server:
         acc, s = self.f.accelerator, self.f.settings
         draws = multiplicities(self.f.schedule[r - 1])
         if self.f.remote is not None:
-            updates = self.f.remote.train(r, lr, [c for c, _ in draws], self, collect)
+            updates = self.f.remote.train(self.payload(r, lr, [c for c, _ in draws], collect))
             return self.check_updates(r, sorted(updates, key=lambda u: u.client))
+        adapter = self.adapter.for_clients()
         # a bar on a terminal only: elsewhere the round's own log line says it
         bar = Progress(len(draws), f"round {r} clients", enabled=acc.is_main_process, unit="clients", lines=0)
         updates = []
         for client, _ in draws[acc.process_index :: acc.num_processes]:
-            updates.append(self.f.clients.train(client, r, lr, self.global_state, s.seed, collect))
+            updates.append(self.f.clients.train(client, r, lr, adapter, s.seed, collect))
             bar.update(acc.num_processes)
         bar.close()
         if acc.num_processes > 1:
@@ -193,6 +199,21 @@ class Server:
             updates = gather_object(updates)
         updates.sort(key=lambda u: u.client)
         return self.check_updates(r, updates)
+
+    def payload(self, r: int, lr: float, clients: list[int], collect: bool) -> RoundPayload:
+        """What a remote transport sends the round's clients: the global adapter in client-model names and the
+        sub-FM FFN changes each client lacks (charged in client_record when it replies)."""
+        changes = {c: self.sync.changes_for(c) for c in clients}
+        sub_fm = {c: ffn_changes(self.f.client_model, ch) for c, ch in changes.items() if ch}
+        return RoundPayload(r, clients, lr, collect, self.f.settings.seed, self.adapter.for_clients(), sub_fm)
+
+    def attach(self, remote, installed: Sequence[int], clients: Sequence[int]) -> None:
+        """Train through `remote` from now on. A client sent the client model at first contact (`installed`) holds
+        the current sub-FM (after a resume: the restored one); one with a local copy holds the sub-FM as built
+        (version 0) and is sent every alignment's changes when selected."""
+        self.f.remote = remote
+        for client in clients:
+            self.sync.client_version[client] = self.sync.version if client in installed else 0
 
     def check_updates(self, r: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         failed = [u for u in updates if u.error]
@@ -203,24 +224,23 @@ class Server:
     def aggregate(self, r: int, updates: list[ClientUpdate]) -> None:
         counts = dict(multiplicities(self.f.schedule[r - 1]))
         self.last_client_adapter = updates[-1].adapter
-        self.global_state = aggregate(
+        self.adapter.aggregate(
             [(u.adapter, u.num_examples, counts[u.client]) for u in updates],
             self.f.settings.aggregate,
-            self.global_state,
             self.f.clients.total_examples,
             self.f.settings.num_clients,
         )
 
     def plug_in(self) -> None:
-        """The one plug-in point (spec §4.11): the global adapter into the FM, renamed to the FM's layers."""
-        load_adapter(self.f.fm, self.f.renamer.to_fm(self.global_state))
+        """The one plug-in point (spec §4.11): the global adapter into the FM."""
+        self.adapter.plug_into(self.f.fm)
 
     def evaluate(self) -> dict:
         """The FM with the plugged-in adapter, and the client model with the global one unless it is the FM."""
         f, batch = self.f, self.f.settings.per_device_eval_batch_size
         record = {"fm": evaluate(f.fm, f.task, batch, f.accelerator)}
         if f.settings.eval_sub_model and f.client_model is not f.fm:
-            load_adapter(f.client_model, self.global_state)
+            load_adapter(f.client_model, self.adapter.for_clients())
             record["sub_fm"] = evaluate(f.client_model, f.task, batch, f.accelerator)
         return record
 
@@ -235,7 +255,7 @@ class Server:
         f = self.f
         try:
             result = f.aligner.run(
-                f.fm, f.client_model, rates, r, f.accelerator, self.global_state, self.last_client_adapter
+                f.fm, f.client_model, rates, r, f.accelerator, self.adapter.for_clients(), self.last_client_adapter
             )
         except NonFiniteLossError as exc:
             raise self.stop(str(exc)) from exc
@@ -246,7 +266,7 @@ class Server:
     def client_record(self, updates: list[ClientUpdate], collect: bool) -> dict:
         """Clients, their mean loss and the round's bytes (spec §4.4, §4.9-4.10): down, the global adapter plus the
         sub-FM changes each selected client lacks; up, the adapters plus zero-activation counts when collected."""
-        adapter_bytes = state_bytes(self.global_state)
+        adapter_bytes = self.adapter.nbytes()
         sent = sum(adapter_bytes + self.sync.send(u.client) for u in updates)
         received = sum(state_bytes(u.adapter) for u in updates)
         if collect:
@@ -281,23 +301,23 @@ class Server:
         self.f.run.write_timings(self.timings)
 
     def checkpoint(self, r: int) -> None:
-        """The FM's adapter in PEFT format (plugged in this round: the global one) plus the server's state."""
+        """The global adapter in PEFT format plus the server's state."""
         state = {"round": r, "sync": self.sync.state_dict()}
         if self.f.aligner is not None:
             state.update(self.f.aligner.state_dict(self.f.client_model))
-        self.f.run.save_checkpoint(r, self.f.fm, state, keep=self.f.run.best_rounds(self.history, self.f.metric))
+        keep = self.f.run.best_rounds(self.history, self.f.metric)
+        self.f.run.save_checkpoint(r, lambda folder: self.adapter.save(folder, self.f.fm), state, keep=keep)
 
-    def restore(self, checkpoint: Path) -> None:
-        """Continue after `checkpoint`: the global adapter is read from its PEFT files, the one stored copy."""
-        state = self.f.run.read_state(checkpoint)
+    def restore(self, state: dict, adapter: dict) -> None:
+        """Continue after a round checkpoint: its server state and its adapter (FM names, the one stored copy)."""
         self.start_round, self.resumed = state["round"], True
-        self.global_state = self.f.renamer.to_sub(read_adapter(checkpoint))
+        self.adapter.restore(adapter)
         self.sync.load_state_dict(state["sync"])
         if self.f.aligner is not None:
             self.f.aligner.load_state_dict(state, self.f.client_model)
         self.history = self.f.run.truncate_metrics(self.start_round)
         self.timings = self.f.run.truncate_timings(self.start_round)
-        logger.info("resumed from %s (round %d)", checkpoint, self.start_round)
+        logger.info("resumed from round %d", self.start_round)
 
     def write_summary(self, finished: bool) -> dict:
         last = self.history[-1] if self.history else {}

@@ -21,7 +21,14 @@ from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
 
 from federated_proxy_finetuning import flower_app, flower_wire  # noqa: E402
 from federated_proxy_finetuning.client import ClientUpdate  # noqa: E402
-from federated_proxy_finetuning.communication import SubFMSync, ffn_shapes  # noqa: E402
+from federated_proxy_finetuning.communication import (  # noqa: E402
+    RoundPayload,
+    SubFMSync,
+    apply_ffn_changes,
+    ffn_changes,
+    ffn_shapes,
+)
+from federated_proxy_finetuning.server import Server  # noqa: E402
 from sub_model_construct.families import encoder_layers, family_of  # noqa: E402
 from sub_model_construct.sub_model import build_sub_model  # noqa: E402
 from tests import tiny  # noqa: E402
@@ -59,11 +66,11 @@ def test_ffn_changes_bring_a_stale_copy_to_the_servers_sub_fm(sub_fm):
             w_out.weight[:, neurons] *= 2.0
             w_out.bias += 0.25
             blocks[layer].get_submodule(family.ffn.norm).weight.mul_(1.5)
-    payload = flower_wire.ffn_changes(server, changes)
+    payload = ffn_changes(server, changes)
     assert not torch.equal(
         tiny.ffn_pair(encoder_layers(client, family)[1], family)[0].weight, blocks[1].intermediate.dense.weight
     )
-    flower_wire.apply_ffn_changes(client, payload)
+    apply_ffn_changes(client, payload)
     for (name, a), (_, b) in zip(server.state_dict().items(), client.state_dict().items()):
         assert torch.equal(a, b), name
     # what travels is what the bytes accounting charges (in parameters)
@@ -103,12 +110,8 @@ class FakeGrid:
         return out
 
 
-class FakeServer:
-    def __init__(self, model, num_clients: int):
-        family = family_of(model.config)
-        self.sync = SubFMSync(ffn_shapes(model, family, [1, 2]), num_clients, 4)
-        self.global_state = {"head.weight": torch.ones(2, 2)}
-        self.f = type("F", (), {"client_model": model, "settings": type("S", (), {"seed": 3, "num_clients": 3})})()
+def payload(r: int, clients: list[int]) -> RoundPayload:
+    return RoundPayload(r, clients, 1e-3, False, 3, {"head.weight": torch.ones(2, 2)}, {})
 
 
 def _reply(loss: float) -> RecordDict:
@@ -121,11 +124,10 @@ def _reply(loss: float) -> RecordDict:
 
 
 def test_a_client_that_does_not_reply_is_recorded_as_dropped_and_the_round_goes_on(sub_fm):
-    server = FakeServer(sub_fm, 3)
     grid = FakeGrid({0: 10, 1: 11, 2: 12}, {0: _reply(0.5), 2: _reply(0.7)})
-    remote = flower_app.FlowerClients(grid, server, round_timeout=1.0, connect_timeout=1.0)
+    remote = flower_app.FlowerClients(grid, round_timeout=1.0, connect_timeout=1.0)
     remote.node_of = {0: 10, 1: 11, 2: 12}
-    updates = remote.train(4, 1e-3, [0, 1, 2], server, collect=False)
+    updates = remote.train(payload(4, [0, 1, 2]))
     assert [u.client for u in updates] == [0, 2]
     assert all(isinstance(u, ClientUpdate) and u.num_examples == 5 for u in updates)
     assert torch.equal(updates[1].adapter["head.weight"], torch.full((2, 2), 0.7))
@@ -136,26 +138,45 @@ def test_a_client_that_does_not_reply_is_recorded_as_dropped_and_the_round_goes_
     assert all("sub_fm" not in m.content for m in grid.sent)
 
 
+def fake_server(model, num_clients: int):
+    """What Server.attach and Server.payload read: the sync, the client model, the seed and the global adapter."""
+    from types import SimpleNamespace
+
+    from federated_proxy_finetuning.adapters import LayerRenamer
+    from federated_proxy_finetuning.global_adapter import GlobalAdapter
+
+    family = family_of(model.config)
+    f = SimpleNamespace(client_model=model, settings=SimpleNamespace(seed=3), remote=None)
+    sync = SubFMSync(ffn_shapes(model, family, [1, 2]), num_clients, 4)
+    adapter = GlobalAdapter({"head.weight": torch.ones(2, 2)}, LayerRenamer(family, range(4)))
+    return SimpleNamespace(f=f, sync=sync, adapter=adapter)
+
+
 def test_first_contact_ships_the_model_only_where_needed_and_sets_versions(sub_fm):
     """After a resume the sync already holds an alignment: a node sent the model now holds the current sub-FM, a
     node with a local copy holds the sub-FM as built and is charged every change."""
-    server = FakeServer(sub_fm, 3)
+    server = fake_server(sub_fm, 3)
     server.sync.record_alignment({1: torch.tensor([0, 1]), 2: torch.tensor([3])})
     grid = FakeGrid({0: 10, 1: 11, 2: 12}, {0: _reply(0.5), 2: _reply(0.7)})  # client 1 has a local copy
-    remote = flower_app.FlowerClients(grid, server, round_timeout=1.0, connect_timeout=5.0)
-    shipped = remote.connect()
+    remote = flower_app.FlowerClients(grid, round_timeout=1.0, connect_timeout=5.0)
+    shipped = remote.connect(3, sub_fm)
     assert remote.node_of == {0: 10, 1: 11, 2: 12}
     assert shipped["clients_installed"] == [0, 2] and shipped["install_bytes_on_wire"] > 0
-    assert server.sync.client_version == [1, 0, 1]
+    Server.attach(server, remote, shipped["clients_installed"], sorted(remote.node_of))
+    assert server.f.remote is remote and server.sync.client_version == [1, 0, 1]
     assert server.sync.changes_for(1) and not server.sync.changes_for(0)
+    # the round's payload carries the sub-FM changes to the client that lacks them only
+    sent = Server.payload(server, 5, 1e-3, [0, 1], collect=True)
+    assert (sent.round, sent.clients, sent.collect, sent.seed) == (5, [0, 1], True, 3)
+    assert list(sent.sub_fm) == [1] and torch.equal(sent.sub_fm[1]["1.neurons"], torch.tensor([0, 1]))
+    assert torch.equal(sent.adapter["head.weight"], torch.ones(2, 2))
 
 
 def test_no_reply_at_all_stops_the_round(sub_fm):
-    server = FakeServer(sub_fm, 3)
-    remote = flower_app.FlowerClients(FakeGrid({}, {}), server, round_timeout=1.0, connect_timeout=1.0)
+    remote = flower_app.FlowerClients(FakeGrid({}, {}), round_timeout=1.0, connect_timeout=1.0)
     remote.node_of = {0: 10}
     with pytest.raises(RuntimeError, match="no client replied"):
-        remote.train(1, 1e-3, [0], server, collect=False)
+        remote.train(payload(1, [0]))
 
 
 def test_the_run_configuration_carries_the_fedtune_command_line(tmp_path):
