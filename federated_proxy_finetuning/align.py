@@ -19,7 +19,7 @@ from sub_model_construct.families import Family, backbone, encoder_layers, famil
 from sub_model_construct.ffn import changed_count, frozen_state
 from sub_model_construct.train_loop import OptimConfig, steps_for, train
 
-from .settings import AlignSettings
+from .flag_groups import AlignSettings
 
 logger = logging.getLogger(__name__)
 

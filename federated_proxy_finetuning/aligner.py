@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .adapters import load_adapter
 from .align import align, ffn_state, load_ffn_state, next_grad_accum
-from .settings import AlignSettings
+from .flag_groups import AlignSettings
 
 SUMMARY_KEYS = ("steps", "effective_batch_size", "loss", "last_loss", "grad_accum_steps", "changed_parameters")
 

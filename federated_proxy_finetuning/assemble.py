@@ -19,25 +19,22 @@ import torch
 
 from sub_model_construct import io, reads
 from sub_model_construct.cli import UsageError
-from sub_model_construct.families import Family, UnsupportedModelError, backbone, family_of
+from sub_model_construct.families import backbone, family_of
 from sub_model_construct.settings import as_flags
 from sub_model_construct.sub_model import (
-    build_layer_drop_emulator,
-    check_derived_from,
-    compressed_layers,
-    encoder_layer_parameters,
-    load_sub_model,
     mebi,
 )
 
-from .adapters import LayerRenamer, adapter_state, check_adapters_match, state_bytes, with_lora
+from .adapters import adapter_state, state_bytes
 from .align import alignment_parameters
 from .aligner import Aligner
 from .client import ClientTrainer
-from .modality import Modality, of_family
+from .modality import Modality
+from .models import build_models, fm_family
 from .partition import PartitionError, load_or_create_partition
 from .results import RunFolder
-from .server import Federation, Server, sample_schedule
+from .sampling import sample_schedule
+from .server import Federation, Server
 from .settings import FedSettings
 
 logger = logging.getLogger(__name__)
@@ -79,80 +76,6 @@ def best_model_metric(task, s: FedSettings) -> str:
     if metric not in valid:
         raise UsageError(f"--metric_for_best_model {metric} is not produced for this task; choose from {sorted(valid)}")
     return metric
-
-
-def fm_family(s: FedSettings, modality: Modality, fm_config) -> Family:
-    try:
-        family = family_of(fm_config)
-    except UnsupportedModelError as exc:
-        raise UsageError(str(exc)) from exc
-    of_family(s, family, modality)
-    return family
-
-
-def client_backbone(s: FedSettings, fm, head_class, labels: dict):
-    """The sub-FM or emulator the clients train, checked against the method (spec §4.13)."""
-    n = fm.config.num_hidden_layers
-    if s.sub_model_checkpoint:
-        sub = load_sub_model(s.sub_model_checkpoint, head_class, **labels)
-        check_derived_from(sub.config, fm.config, s.sub_model_checkpoint)
-    else:  # FedOT without a built emulator: uniform layer drop now
-        bottom, top = s.adapter_layers
-        sub = build_layer_drop_emulator(fm, bottom, top, s.emulator_layers or max(1, (n - bottom - top) // 2))
-    config = backbone(sub).config
-    s.kind.client.check_built(s.method, s.sub_model_checkpoint, list(config.layer_map) != list(range(n)))
-    retained = list(config.layers_retained)
-    if s.align.retained_layers_idx is not None and s.kind.aligns and sorted(s.align.retained_layers_idx) != retained:
-        raise UsageError(
-            f"--retained_layers_idx {list(s.align.retained_layers_idx)} differs from the sub-FM's layers_retained "
-            f"{retained}; leave it out (it is read from the sub-FM config)"
-        )
-    return sub
-
-
-def lora_options(s: FedSettings) -> dict:
-    lora = s.lora
-    return dict(
-        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, bias=lora.bias, modules_to_save=lora.modules_to_save
-    )
-
-
-def tuned_layers(s: FedSettings, config) -> list[int]:
-    """The client model's layers that carry LoRA (methods.ClientModel.tuned_layers)."""
-    return s.kind.client.tuned_layers(config)
-
-
-def client_with_lora(s: FedSettings, model):
-    """The client model (sub-FM, emulator or FM, with its head) as the clients train it: LoRA on its tuned layers.
-    The one place this is decided, for the simulation's clients and for a client on another machine."""
-    config = backbone(model).config
-    return with_lora(model, family_of(config), tuned_layers(s, config), **lora_options(s))
-
-
-def build_models(s: FedSettings, modality: Modality, task, fm_config):
-    """(FM with LoRA, client model with LoRA, renamer, aligned layer pairs, client and FM encoder-layer parameters)."""
-    family = fm_family(s, modality, fm_config)
-    labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
-    torch.manual_seed(s.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
-    new_modules = (*(f"{head}." for head in family.head), "pooler.")  # initialised here, not read from the FM
-    fm = reads.pretrained(modality.head_class(), s.model_checkpoint, new_modules, **labels)
-    fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
-    n = fm_config.num_hidden_layers
-    if not s.kind.client.reads_folder:  # the clients train the FM itself
-        fm_peft = with_lora(fm, family, range(n), **lora_options(s))
-        return fm_peft, fm_peft, LayerRenamer(family, list(range(n))), [], fm_params, fm_params
-    sub = client_backbone(s, fm, modality.head_class(), labels)
-    sub_config = backbone(sub).config
-    layer_map = list(sub_config.layer_map)
-    tuned = tuned_layers(s, sub_config)
-    sub_params = encoder_layer_parameters(sub)
-    fm_peft = with_lora(fm, family, [layer_map[j] for j in tuned], **lora_options(s))
-    client = client_with_lora(s, sub)
-    renamer = LayerRenamer(family, layer_map)
-    check_adapters_match(renamer.to_fm(adapter_state(client)), adapter_state(fm_peft))
-    compressed = compressed_layers(sub_config) if s.kind.aligns else []
-    pairs = [(sub_config.layer_targets[j], j) for j in compressed]
-    return fm_peft, client, renamer, pairs, sub_params, fm_params
 
 
 def resolve_resume(s: FedSettings, run: RunFolder) -> tuple[bool, bool] | None:

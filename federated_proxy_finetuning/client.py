@@ -77,9 +77,7 @@ class ClientTrainer:
     def total_examples(self) -> int:
         return sum(len(d) for d in self.datasets)
 
-    def train(
-        self, client: int, round_index: int, lr: float, adapter: dict, seed: int, collect: bool
-    ) -> ClientUpdate:
+    def train(self, client: int, round_index: int, lr: float, adapter: dict, seed: int, collect: bool) -> ClientUpdate:
         """One client's local training from `adapter` (the global one, in the client model's layer names)."""
         started = time.perf_counter()
         data = self.datasets[client]

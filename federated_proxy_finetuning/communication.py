@@ -13,13 +13,15 @@ remote transport sends a round's clients.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from sub_model_construct.families import Family, backbone, encoder_layers, family_of
+
+from .adapters import state_bytes
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ class SubFMSync:
         self.client_version[client] = self.version
         return count * self.element_size
 
+    def connected(self, clients: Sequence[int], installed: Sequence[int]) -> None:
+        """Versions after a remote transport's first contact: a client sent the client model then (`installed`)
+        holds the current sub-FM (after a resume: the restored one); one with a local copy holds the sub-FM as
+        built (version 0) and is sent every alignment's changes when selected."""
+        for client in clients:
+            self.client_version[client] = self.version if client in installed else 0
+
     def state_dict(self) -> dict:
         return {"client_version": list(self.client_version), "updates": self.updates}
 
@@ -112,6 +121,22 @@ class SubFMSync:
             raise ValueError("checkpoint sub-FM versions are for a different number of clients")
         self.client_version = list(state["client_version"])
         self.updates = list(state["updates"])
+
+
+def round_bytes(adapter_bytes: int, sync: SubFMSync, updates, collect: bool, last: dict) -> dict:
+    """A round's bytes (spec §4.4, §4.9-4.10), this round's and cumulative after `last` (the previous round's
+    record): down, the global adapter plus the sub-FM changes each client that replied lacks (it then holds the
+    current sub-FM); up, the adapters plus the zero-activation counts when collected."""
+    sent = sum(adapter_bytes + sync.send(u.client) for u in updates)
+    received = sum(state_bytes(u.adapter) for u in updates)
+    if collect:
+        received += sum(state_bytes(u.stats["zero_counts"]) for u in updates)
+    return {
+        "bytes_sent": sent,
+        "bytes_received": received,
+        "bytes_sent_cumulative": last.get("bytes_sent_cumulative", 0) + sent,
+        "bytes_received_cumulative": last.get("bytes_received_cumulative", 0) + received,
+    }
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class ClientState:
             sub_model_from_config,
         )
 
-        from .assemble import client_with_lora
+        from .models import client_with_lora
 
         head = self.modality.head_class()
         labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}

@@ -2,16 +2,14 @@
 checkpoint. The clients of a round are spread over the processes (client-parallel), their updates gathered, and
 every process aggregates identically; evaluation and alignment are data-parallel.
 
-The global adapter has one owner, `Server.adapter` (global_adapter.GlobalAdapter, in FM layer names, renamed only
-at the client boundary); `plug_in` puts it into the FM once a round, before evaluation and alignment, and the
-checkpoint writes it explicitly.
+The global adapter has one owner, `Server.adapter` (global_adapter.py: FM layer names, renamed at the client
+boundary only); `plug_in` puts it into the FM before evaluation and alignment, the checkpoint writes it explicitly.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,44 +21,18 @@ from sub_model_construct.progress import Progress
 from sub_model_construct.signals import Interrupted
 from sub_model_construct.train_loop import NonFiniteLossError
 
-from .adapters import FederatedError, load_adapter, state_bytes
+from .adapters import FederatedError, load_adapter
 from .align import zero_activation_rates
 from .aligner import Aligner
 from .client import ClientTrainer, ClientUpdate, evaluate, round_learning_rate
-from .communication import RoundPayload, SubFMSync, ffn_changes, ffn_shapes, model_bytes
+from .communication import RoundPayload, SubFMSync, ffn_changes, ffn_shapes, model_bytes, round_bytes
 from .global_adapter import GlobalAdapter
 from .results import RunFolder
+from .sampling import multiplicities
 from .settings import FedSettings
 from .tasks import TaskData
 
 logger = logging.getLogger(__name__)
-
-
-def sample_schedule(
-    num_clients: int, proportion: float, rounds: int, mode: str, sizes: Sequence[int], seed: int
-) -> list[list[int]]:
-    """Clients drawn for rounds 1..R (spec §4.5), from one seeded stream, so pre-sampling or not gives the same
-    draws and a resumed run sees the same schedule. uniform: K without replacement; full: everyone; md: K with
-    replacement, probability proportional to data size (duplicates kept: they weigh the aggregation)."""
-    k = max(int(num_clients * proportion), 1)
-    rng = np.random.RandomState(seed)
-    schedule = []
-    for _ in range(rounds):
-        if mode == "full":
-            schedule.append(list(range(num_clients)))
-        elif mode == "uniform":
-            schedule.append(sorted(rng.choice(num_clients, k, replace=False).tolist()))
-        elif mode == "md":
-            p = np.asarray(sizes, dtype=float) / sum(sizes)
-            schedule.append(sorted(rng.choice(num_clients, k, replace=True, p=p).tolist()))
-        else:
-            raise ValueError(f"unknown sampling {mode!r}")
-    return schedule
-
-
-def multiplicities(selected: Sequence[int]) -> list[tuple[int, int]]:
-    """(client, times drawn) in ascending client order."""
-    return sorted(Counter(selected).items())
 
 
 @dataclass
@@ -97,7 +69,8 @@ class Server:
         family = family_of(backbone(model).config)
         layers = fed.aligner.layers if fed.aligner else []
         # the sub-FM changes each client still lacks (spec §4.10 W_fro sync), and the one-time model shipping
-        self.sync = SubFMSync(ffn_shapes(model, family, layers), settings.num_clients, _element_size(model))
+        element_size = next(model.parameters()).element_size()
+        self.sync = SubFMSync(ffn_shapes(model, family, layers), settings.num_clients, element_size)
         self.client_model_bytes = model_bytes(model, family.head)
         self.data_split = "server_val" if settings.partition.test_holdout > 0 else "server_test"  # spec §4.12
         if fed.resume_from is not None:
@@ -208,12 +181,9 @@ class Server:
         return RoundPayload(r, clients, lr, collect, self.f.settings.seed, self.adapter.for_clients(), sub_fm)
 
     def attach(self, remote, installed: Sequence[int], clients: Sequence[int]) -> None:
-        """Train through `remote` from now on. A client sent the client model at first contact (`installed`) holds
-        the current sub-FM (after a resume: the restored one); one with a local copy holds the sub-FM as built
-        (version 0) and is sent every alignment's changes when selected."""
+        """Train through `remote` from now on; `installed`: the clients sent the client model at first contact."""
         self.f.remote = remote
-        for client in clients:
-            self.sync.client_version[client] = self.sync.version if client in installed else 0
+        self.sync.connected(clients, installed)
 
     def check_updates(self, r: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         failed = [u for u in updates if u.error]
@@ -264,22 +234,13 @@ class Server:
         return f.aligner.summary(result)
 
     def client_record(self, updates: list[ClientUpdate], collect: bool) -> dict:
-        """Clients, their mean loss and the round's bytes (spec §4.4, §4.9-4.10): down, the global adapter plus the
-        sub-FM changes each selected client lacks; up, the adapters plus zero-activation counts when collected."""
-        adapter_bytes = self.adapter.nbytes()
-        sent = sum(adapter_bytes + self.sync.send(u.client) for u in updates)
-        received = sum(state_bytes(u.adapter) for u in updates)
-        if collect:
-            received += sum(state_bytes(u.stats["zero_counts"]) for u in updates)
+        """Clients, their mean loss and the round's bytes (communication.round_bytes)."""
         last = self.history[-1] if self.history else {}
         return {
             "clients": [u.client for u in updates],
             "client_loss": float(np.mean([u.loss for u in updates])),
             "data_split": self.data_split,
-            "bytes_sent": sent,
-            "bytes_received": received,
-            "bytes_sent_cumulative": last.get("bytes_sent_cumulative", 0) + sent,
-            "bytes_received_cumulative": last.get("bytes_received_cumulative", 0) + received,
+            **round_bytes(self.adapter.nbytes(), self.sync, updates, collect, last),
         }
 
     # ------------------------------------------------------------------ results, checkpoints, resume
@@ -337,7 +298,3 @@ class Server:
             **self.f.info,
         }
         return self.f.run.write_summary(self.history, self.f.metric, finished=finished, extra=extra)
-
-
-def _element_size(model) -> int:
-    return next(model.parameters()).element_size()

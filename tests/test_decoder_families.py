@@ -217,7 +217,7 @@ def test_distill_command_line_accepts_a_causal_lm_on_the_text_corpus(tmp_path):
 def test_classification_fine_tuning_refuses_a_causal_lm(modality):
     from types import SimpleNamespace
 
-    from federated_proxy_finetuning.assemble import fm_family
+    from federated_proxy_finetuning.models import fm_family
     from federated_proxy_finetuning.modality import MODALITIES
 
     with pytest.raises(UsageError, match="causal LM"):

@@ -18,8 +18,8 @@ from federated_proxy_finetuning.align import (
     zero_activation_rates,
 )
 from federated_proxy_finetuning.client import client_seed, round_learning_rate
-from federated_proxy_finetuning.server import sample_schedule
-from federated_proxy_finetuning.settings import AlignSettings
+from federated_proxy_finetuning.flag_groups import AlignSettings
+from federated_proxy_finetuning.sampling import sample_schedule
 from sub_model_construct.families import FAMILIES, encoder_layers
 from sub_model_construct.sub_model import build_sub_model, compressed_layers
 from tests import tiny
