@@ -190,7 +190,7 @@ def build_server(s: FedSettings, accelerator, modality: Modality) -> Server | No
         return None
     resume, overwrite = decided
     fm_config = reads.config(s.model_checkpoint)
-    fm_family(s, modality, fm_config)
+    _, modality = fm_family(s, modality, fm_config)  # a causal LM on the text command line: the causal-LM modality
     s.check_model_limits(fm_config, modality)
     if s.cache_dir:  # written by the tokenisation, before the outputs are checked below
         io.check_writable(s.cache_dir, "tokenised-data cache folder (--cache_dir)")

@@ -49,12 +49,16 @@ def ffn_shapes(model: nn.Module, family: Family, layers: list[int]) -> dict[int,
 
 def model_bytes(model: nn.Module, head: tuple[str, ...]) -> int:
     """Bytes of the client model a client must hold before its first round: its state dict (parameters and
-    persistent buffers) except the LoRA matrices and the head modules (those travel as the adapter)."""
+    persistent buffers) except the LoRA matrices and the head modules (those travel as the adapter). A tensor
+    listed under two names (a causal LM's output projection tied to its input embeddings) counts once."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    total = 0
+    total, seen = 0, set()
     for name, tensor in base.state_dict().items():
         if "lora_" in name or "modules_to_save" in name or "original_module" in name:
             continue
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
         if name.startswith(tuple(f"{h}." for h in head)):  # the head is part of the adapter
             continue
         total += tensor.numel() * tensor.element_size()

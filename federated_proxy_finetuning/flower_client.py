@@ -54,9 +54,11 @@ class ClientState:
 
         from .align import ffn_state, load_ffn_state
         from .assemble import client_partition, client_trainer, load_data
+        from .models import fm_family
 
         s = self.settings
         fm_config = AutoConfig.from_pretrained(s.model_checkpoint)
+        _, self.modality = fm_family(s, self.modality, fm_config)  # the run's modality (a causal LM: its own)
         task, _ = load_data(s, self.modality, self.accelerator, fm_config)
         partition = client_partition(s, task, self.accelerator)
         model = self.client_model(task)
@@ -81,7 +83,7 @@ class ClientState:
         from .models import client_with_lora
 
         head = self.modality.head_class()
-        labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
+        labels = self.modality.head_kwargs(task)
         local = self.context.node_config.get("client-model")
         if local:
             config = AutoConfig.from_pretrained(str(local))

@@ -21,13 +21,17 @@ from .tasks import TaskData, TaskError, load_text_task
 @dataclass(frozen=True, kw_only=True)
 class Modality(construction.Modality):
     script: str  # the command line for this modality
-    head: str  # transformers auto class of the FM with its classification head
+    head: str  # transformers auto class of the FM with its head (classification, or a causal LM's own)
     defaults: dict = field(default_factory=dict)  # flag -> default where this command line differs
 
     def head_class(self):
         import transformers
 
         return getattr(transformers, self.head)
+
+    def head_kwargs(self, task: TaskData) -> dict:
+        """What the head class is built with: the task's labels (a classification head is new)."""
+        return {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
 
     def load_task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
         raise NotImplementedError
@@ -63,6 +67,21 @@ class Text(Modality, construction.Text):
         raw = corpus_lib.load_text_corpora(paths, [None, a.text_corpus_2_config])
         blocks = corpus_lib.text_blocks(raw, tokenizer, a.block_size, settings.cache_dir)
         return blocks, corpus_lib.text_collator(tokenizer)
+
+
+class CausalLM(Text, construction.CausalLM):
+    """A decoder LM on the text command line: instruction tasks (lm_tasks.py) scored with the model's own head."""
+
+    def load_task(self, settings: FedSettings, tokenizer, fm_config) -> TaskData:
+        from .lm_tasks import load_lm_task
+
+        s = settings
+        return load_lm_task(
+            s.task_name, s.dataset_path, tokenizer, min(s.max_length, max_tokens(fm_config)), s.cache_dir
+        )
+
+    def head_kwargs(self, task: TaskData) -> dict:
+        return {}  # the LM head is the FM's own (tied to the input embeddings where the family ties them)
 
 
 class Image(Modality, construction.Image):
@@ -107,14 +126,14 @@ MODALITIES: dict[str, Modality] = {
 }
 
 
-def of_family(s: FedSettings, family: Family, modality: Modality) -> None:
-    """Refuses an FM whose family this command line (`modality`) cannot fine-tune, naming the one that can."""
-    own = MODALITIES.get(family.modality.name)
-    if own is None:
-        kind = family.modality.fm_kinds
-        raise UsageError(
-            f"{s.model_checkpoint} is a {kind} ({family.name}): federated fine-tuning of {kind}s is not supported "
-            f"yet (its sub-FM can be built and distilled with {family.modality.distill_script})"
-        )
-    if own is not modality:
-        raise UsageError(f"{s.model_checkpoint} is a {family.modality.name} model: use {own.script}")
+CAUSAL_LM = CausalLM(**asdict(construction.CAUSAL_LM), script="fedtune.py", head="AutoModelForCausalLM")
+BY_NAME: dict[str, Modality] = {**MODALITIES, CAUSAL_LM.name: CAUSAL_LM}  # every run modality, by family modality
+
+
+def of_family(s: FedSettings, family: Family, modality: Modality) -> Modality:
+    """The modality a run of this FM takes on the command line of `modality` (a causal LM: the text one's), or one
+    line naming the command line that fine-tunes it."""
+    own = BY_NAME[family.modality.name]
+    if own.command_line.name != modality.name:
+        raise UsageError(f"{s.model_checkpoint} is a {own.fm_kinds} model ({family.name}): use {own.script}")
+    return own

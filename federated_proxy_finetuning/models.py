@@ -23,13 +23,13 @@ from .modality import Modality, of_family
 from .settings import FedSettings
 
 
-def fm_family(s: FedSettings, modality: Modality, fm_config) -> Family:
+def fm_family(s: FedSettings, modality: Modality, fm_config) -> tuple[Family, Modality]:
+    """The FM's family row and the modality the run takes for it on `modality`'s command line."""
     try:
         family = family_of(fm_config)
     except UnsupportedModelError as exc:
         raise UsageError(str(exc)) from exc
-    of_family(s, family, modality)
-    return family
+    return family, of_family(s, family, modality)
 
 
 def client_backbone(s: FedSettings, fm, head_class, labels: dict):
@@ -38,6 +38,7 @@ def client_backbone(s: FedSettings, fm, head_class, labels: dict):
     if s.sub_model_checkpoint:
         sub = load_sub_model(s.sub_model_checkpoint, head_class, **labels)
         check_derived_from(sub.config, fm.config, s.sub_model_checkpoint)
+        share_output_embeddings(fm, sub)
     else:  # FedOT without a built emulator: uniform layer drop now
         bottom, top = s.adapter_layers
         sub = build_layer_drop_emulator(fm, bottom, top, s.emulator_layers or max(1, (n - bottom - top) // 2))
@@ -50,6 +51,15 @@ def client_backbone(s: FedSettings, fm, head_class, labels: dict):
             f"{retained}; leave it out (it is read from the sub-FM config)"
         )
     return sub
+
+
+@torch.no_grad()
+def share_output_embeddings(fm, sub) -> None:
+    """A causal LM's output projection is the FM's: distillation trains the backbone only. A tied one already is
+    (through the input embeddings); an untied one is copied. Classification models have none."""
+    head = sub.get_output_embeddings()
+    if head is not None and not sub.config.tie_word_embeddings:
+        head.weight.copy_(fm.get_output_embeddings().weight)
 
 
 def lora_options(s: FedSettings) -> dict:
@@ -73,8 +83,8 @@ def client_with_lora(s: FedSettings, model):
 
 def build_models(s: FedSettings, modality: Modality, task, fm_config):
     """(FM with LoRA, client model with LoRA, renamer, aligned layer pairs, client and FM encoder-layer parameters)."""
-    family = fm_family(s, modality, fm_config)
-    labels = {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
+    family, modality = fm_family(s, modality, fm_config)
+    labels = modality.head_kwargs(task)
     torch.manual_seed(s.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
     new_modules = (*(f"{head}." for head in family.head), "pooler.")  # initialised here, not read from the FM
     fm = reads.pretrained(modality.head_class(), s.model_checkpoint, new_modules, **labels)

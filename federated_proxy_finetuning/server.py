@@ -24,7 +24,7 @@ from sub_model_construct.train_loop import NonFiniteLossError
 from .adapters import FederatedError, load_adapter
 from .align import zero_activation_rates
 from .aligner import Aligner
-from .client import ClientTrainer, ClientUpdate, evaluate, round_learning_rate
+from .client import ClientTrainer, ClientUpdate, round_learning_rate
 from .communication import RoundPayload, SubFMSync, ffn_changes, ffn_shapes, model_bytes, round_bytes
 from .global_adapter import GlobalAdapter
 from .results import RunFolder
@@ -141,7 +141,7 @@ class Server:
         record.update(bytes_sent=0, bytes_received=0, bytes_sent_cumulative=0, bytes_received_cumulative=0)
         t0 = time.perf_counter()
         self.plug_in()
-        record["fm"] = evaluate(self.f.fm, self.f.task, self.f.settings.per_device_eval_batch_size, self.f.accelerator)
+        record["fm"] = self.f.task.evaluate(self.f.fm, self.f.settings.per_device_eval_batch_size, self.f.accelerator)
         t1 = time.perf_counter()
         self.log_round(record)
         t2 = time.perf_counter()
@@ -208,10 +208,10 @@ class Server:
     def evaluate(self) -> dict:
         """The FM with the plugged-in adapter, and the client model with the global one unless it is the FM."""
         f, batch = self.f, self.f.settings.per_device_eval_batch_size
-        record = {"fm": evaluate(f.fm, f.task, batch, f.accelerator)}
+        record = {"fm": f.task.evaluate(f.fm, batch, f.accelerator)}
         if f.settings.eval_sub_model and f.client_model is not f.fm:
             load_adapter(f.client_model, self.adapter.for_clients())
-            record["sub_fm"] = evaluate(f.client_model, f.task, batch, f.accelerator)
+            record["sub_fm"] = f.task.evaluate(f.client_model, batch, f.accelerator)
         return record
 
     def check_finite_eval(self, record: dict, r: int) -> None:

@@ -88,6 +88,12 @@ class TaskData:
     collate_fn: Callable[[list[dict]], dict[str, torch.Tensor]]
     identity: str = ""  # the dataset's path and train-split fingerprint (keys the partition cache)
 
+    def evaluate(self, model, batch_size: int, accelerator) -> dict:
+        """Metrics of `model` as it is on every eval split (client.evaluate: argmax predictions of the head)."""
+        from .client import evaluate
+
+        return evaluate(model, self, batch_size, accelerator)
+
 
 # ------------------------------------------------------------------------------------------------ metrics
 def eval_prefix(split_key: str) -> str:

@@ -213,12 +213,14 @@ def test_distill_command_line_accepts_a_causal_lm_on_the_text_corpus(tmp_path):
         distill.check_flags(argv, "image")
 
 
-@pytest.mark.parametrize("modality", ["text", "image"])
-def test_classification_fine_tuning_refuses_a_causal_lm(modality):
+def test_a_causal_lm_runs_on_the_text_command_line_with_its_own_modality():
     from types import SimpleNamespace
 
+    from federated_proxy_finetuning.modality import CAUSAL_LM, MODALITIES
     from federated_proxy_finetuning.models import fm_family
-    from federated_proxy_finetuning.modality import MODALITIES
 
-    with pytest.raises(UsageError, match="causal LM"):
-        fm_family(SimpleNamespace(model_checkpoint="tiny-llama"), MODALITIES[modality], tiny_config("llama"))
+    s = SimpleNamespace(model_checkpoint="tiny-llama")
+    family, modality = fm_family(s, MODALITIES["text"], tiny_config("llama"))
+    assert family.name == "llama" and modality is CAUSAL_LM and modality.head == "AutoModelForCausalLM"
+    with pytest.raises(UsageError, match="causal LM model .*use fedtune.py"):
+        fm_family(s, MODALITIES["image"], tiny_config("llama"))
