@@ -26,7 +26,7 @@ from sub_model_construct.sub_model import (
 )
 
 from .adapters import adapter_state, state_bytes
-from .align import alignment_parameters
+from .align import activation_threshold, alignment_parameters
 from .aligner import Aligner
 from .client import ClientTrainer
 from .modality import Modality
@@ -115,6 +115,7 @@ def client_trainer(s: FedSettings, task, partition, client_model, layers, accele
         max_grad_norm=s.max_grad_norm,
         device=accelerator.device,
         count_layers=layers,
+        count_threshold=activation_threshold(s.align.activation_threshold, family_of(backbone(client_model).config)),
     )
 
 

@@ -72,6 +72,7 @@ class ClientTrainer:
     max_grad_norm: float
     device: torch.device
     count_layers: list[int] = field(default_factory=list)  # compressed layers whose zero activations are counted
+    count_threshold: float = 0.0  # an activation below it (in magnitude) counts as zero; 0: exactly zero
 
     @property
     def total_examples(self) -> int:
@@ -95,7 +96,7 @@ class ClientTrainer:
             return self.model(**batch).loss, {}
 
         try:
-            with counting_zero_activations(self.model, self.count_layers, collect) as stats:
+            with counting_zero_activations(self.model, self.count_layers, collect, self.count_threshold) as stats:
                 result = train(
                     named,
                     data,

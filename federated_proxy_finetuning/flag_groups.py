@@ -86,6 +86,14 @@ class AlignSettings:
     grad_accum_min: int = option(
         2, "floor of the accumulation counter", valid=AT_LEAST_ONE, flag="align_grad_accum_min"
     )
+    activation_threshold: float | None = option(
+        None,
+        "an FFN activation of magnitude below this counts as inactive (0: exactly zero, the paper's rule); default: "
+        "0 for one-input FFNs, 0.01 for gated ones (SiLU never gives exact zeros)",
+        parse=float,
+        valid=NON_NEGATIVE,
+        flag="align_activation_threshold",
+    )
     adapter: str = option(
         "global",
         "global: teacher and student carry the aggregated adapter; reference: spec §6.5",

@@ -224,3 +224,29 @@ def test_a_causal_lm_runs_on_the_text_command_line_with_its_own_modality():
     assert family.name == "llama" and modality is CAUSAL_LM and modality.head == "AutoModelForCausalLM"
     with pytest.raises(UsageError, match="causal LM model .*use fedtune.py"):
         fm_family(s, MODALITIES["image"], tiny_config("llama"))
+
+
+def test_a_gated_ffn_counts_activations_below_the_threshold_as_inactive():
+    from federated_proxy_finetuning.align import GATED_THRESHOLD, ZeroActivationCounter, activation_threshold
+
+    assert activation_threshold(None, FAMILIES["llama"]) == GATED_THRESHOLD
+    assert activation_threshold(None, FAMILIES["bert"]) == 0.0  # the paper's exact-zero rule
+    assert activation_threshold(0.3, FAMILIES["llama"]) == 0.3
+    model = causal_lm("llama")
+    layers = list(model.model.layers)
+    seen = {}
+    handles = [layers[i].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, inputs, i=i: seen.__setitem__(i, inputs[0].detach().clone())) for i in CUT]  # fmt: skip
+    threshold = 0.005  # about the median magnitude of this tiny model's activations
+    counter = ZeroActivationCounter(model, CUT, threshold)
+    with torch.no_grad():
+        model(input_ids=token_blocks(n=3, length=8))
+    stats = counter.remove()
+    for handle in handles:
+        handle.remove()
+    for i in CUT:
+        h = seen[i].reshape(-1, FFN)
+        assert stats["positions"][i] == 24
+        assert torch.equal(stats["zero_counts"][i], (h.abs() < threshold).sum(0))
+        assert 0 < stats["zero_counts"][i].sum() < h.numel()  # SiLU gating: some inactive, never all
+        assert (h == 0).sum() == 0  # and no exact zero, which is why the threshold exists
