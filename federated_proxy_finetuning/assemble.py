@@ -20,7 +20,6 @@ import torch
 from sub_model_construct import io, reads
 from sub_model_construct.cli import UsageError
 from sub_model_construct.families import Family, UnsupportedModelError, backbone, family_of
-from sub_model_construct.settings import as_flags
 from sub_model_construct.sub_model import (
     build_layer_drop_emulator,
     check_derived_from,
@@ -29,6 +28,7 @@ from sub_model_construct.sub_model import (
     load_sub_model,
     mebi,
 )
+from sub_model_construct.typed_settings import as_flags
 
 from .adapters import LayerRenamer, adapter_state, check_adapters_match, state_bytes, with_lora
 from .align import alignment_parameters

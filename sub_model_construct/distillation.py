@@ -21,7 +21,7 @@ from .cli import UsageError
 from .distill_model import LayerKD, distillation_parameters, normalised_mse, prepare_for_distillation
 from .families import UnsupportedModelError, backbone, family_of
 from .modality import Corpus, Modality
-from .settings import DistillSettings, as_flags
+from .settings import DistillSettings
 from .sub_model import (
     SubModelError,
     build_layer_drop_emulator,
@@ -37,6 +37,7 @@ from .sub_model import (
     validate_construction,
 )
 from .train_loop import NonFiniteLossError, OptimConfig, fetch, steps_for, to_device, train
+from .typed_settings import as_flags
 
 logger = logging.getLogger("distill")
 CHECKPOINT_PREFIX = "checkpoint-"
