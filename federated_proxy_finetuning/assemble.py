@@ -19,15 +19,10 @@ import torch
 
 from sub_model_construct import io, reads
 from sub_model_construct.cli import UsageError
+from sub_model_construct.emulator import build_layer_drop_emulator
 from sub_model_construct.families import Family, UnsupportedModelError, backbone, family_of
-from sub_model_construct.sub_model import (
-    build_layer_drop_emulator,
-    check_derived_from,
-    compressed_layers,
-    encoder_layer_parameters,
-    load_sub_model,
-    mebi,
-)
+from sub_model_construct.sub_model import check_derived_from, compressed_layers, encoder_layer_parameters, mebi
+from sub_model_construct.sub_model_io import load_sub_model
 from sub_model_construct.typed_settings import as_flags
 
 from .adapters import LayerRenamer, adapter_state, check_adapters_match, state_bytes, with_lora
