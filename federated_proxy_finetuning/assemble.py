@@ -20,10 +20,8 @@ import torch
 from sub_model_construct import io, reads
 from sub_model_construct.cli import UsageError
 from sub_model_construct.families import backbone, family_of
-from sub_model_construct.settings import as_flags
-from sub_model_construct.sub_model import (
-    mebi,
-)
+from sub_model_construct.sub_model import mebi
+from sub_model_construct.typed_settings import as_flags
 
 from .adapters import adapter_state, state_bytes
 from .align import activation_threshold, alignment_parameters

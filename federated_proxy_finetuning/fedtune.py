@@ -23,8 +23,7 @@ import sys
 
 from federated_proxy_finetuning.modality import MODALITIES
 from federated_proxy_finetuning.settings import METHODS, FedSettings
-from sub_model_construct import reads
-from sub_model_construct import settings as settings_lib
+from sub_model_construct import reads, typed_settings
 from sub_model_construct.cli import UsageError, run_cli
 
 logger = logging.getLogger("fedtune")
@@ -32,7 +31,7 @@ __all__ = ["METHODS", "build_parser", "main"]
 
 
 def build_parser(modality: str) -> argparse.ArgumentParser:
-    return settings_lib.build_parser(
+    return typed_settings.build_parser(
         FedSettings,
         modality,
         f"Federated proxy fine-tuning ({modality} tasks; spec §4).",
@@ -42,7 +41,7 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
 
 def parse_settings(argv: list[str] | None, modality: str) -> FedSettings:
     namespace = build_parser(modality).parse_args(argv)
-    return settings_lib.from_namespace(FedSettings, namespace, MODALITIES[modality].defaults)
+    return typed_settings.from_namespace(FedSettings, namespace, MODALITIES[modality].defaults)
 
 
 def check_flags(argv: list[str] | None, modality: str) -> FedSettings:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sub_model_construct.settings import (
+from sub_model_construct.typed_settings import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
     POSITIVE,

@@ -73,7 +73,7 @@ class ClientState:
     def client_model(self, task):
         from transformers import AutoConfig
 
-        from sub_model_construct.sub_model import (
+        from sub_model_construct.sub_model_io import (
             is_sub_model_config,
             load_backbone_state,
             load_sub_model,

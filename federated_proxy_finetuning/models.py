@@ -9,14 +9,10 @@ import torch
 
 from sub_model_construct import reads
 from sub_model_construct.cli import UsageError
+from sub_model_construct.emulator import build_layer_drop_emulator
 from sub_model_construct.families import Family, UnsupportedModelError, backbone, family_of
-from sub_model_construct.sub_model import (
-    build_layer_drop_emulator,
-    check_derived_from,
-    compressed_layers,
-    encoder_layer_parameters,
-    load_sub_model,
-)
+from sub_model_construct.sub_model import check_derived_from, compressed_layers, encoder_layer_parameters
+from sub_model_construct.sub_model_io import load_sub_model
 
 from .adapters import LayerRenamer, adapter_state, check_adapters_match, with_lora
 from .modality import Modality, of_family

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from sub_model_construct.cli import FETCH_HINT, UsageError, str2bool
-from sub_model_construct.settings import (
+from sub_model_construct.typed_settings import (
     AT_LEAST_ONE,
     EPOCHS,
     IMAGE_SIZE,

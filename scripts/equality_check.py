@@ -58,7 +58,8 @@ def build_assets(root: Path) -> None:
     from transformers import AutoModel
 
     import datasets
-    from sub_model_construct.sub_model import build_sub_model, save_sub_model
+    from sub_model_construct.sub_model import build_sub_model
+    from sub_model_construct.sub_model_io import save_sub_model
 
     for kind, make in (("text", tiny.make_text_fm), ("image", tiny.make_vit_fm)):
         fm = make(root / f"{kind}-fm")

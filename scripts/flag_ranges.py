@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from federated_proxy_finetuning.settings import FedSettings
-from sub_model_construct.settings import DistillSettings, flag_name
+from sub_model_construct.settings import DistillSettings
+from sub_model_construct.typed_settings import flag_name
 
 
 def rows(cls, modality: str | None = None) -> list[tuple[str, str, str]]:

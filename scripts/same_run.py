@@ -65,7 +65,7 @@ def differences(recorded: dict, wanted: dict) -> list[str]:
 def check(modality: str, argv: list[str]) -> str | None:
     """None when a finished run with the same configuration exists, else why not."""
     from federated_proxy_finetuning.fedtune import parse_settings
-    from sub_model_construct.settings import as_flags
+    from sub_model_construct.typed_settings import as_flags
 
     settings = parse_settings(argv, modality)
     folder = settings.run_path

@@ -23,8 +23,7 @@ import sys
 
 import torch
 
-from sub_model_construct import distillation, io, reads
-from sub_model_construct import settings as settings_lib
+from sub_model_construct import distillation, io, reads, typed_settings
 from sub_model_construct.cli import FETCH_HINT, UsageError, run_cli, setup_logging
 from sub_model_construct.modality import COMMAND_LINES
 from sub_model_construct.settings import DistillSettings
@@ -37,7 +36,7 @@ def build_parser(modality: str) -> argparse.ArgumentParser:
     """The command line of one modality ("text": distill.py, "image": distill_vit.py)."""
     m = COMMAND_LINES[modality]
     description = f"Construct a sub-FM and distil it from its FM ({m.fm_kinds}; spec §2–§3)."
-    return settings_lib.build_parser(DistillSettings, m.name, description, m.distill_defaults)
+    return typed_settings.build_parser(DistillSettings, m.name, description, m.distill_defaults)
 
 
 def check_inputs(s: DistillSettings) -> None:
@@ -68,7 +67,7 @@ def check_flags(argv: list[str] | None, modality: str) -> tuple[DistillSettings,
     """Every check of the flags that needs no more than the FM's config.json: ranges, combinations and the limits
     of the FM (what a refused command line is refused by before anything is loaded or written)."""
     namespace = build_parser(modality).parse_args(argv)
-    s = settings_lib.from_namespace(DistillSettings, namespace, COMMAND_LINES[modality].distill_defaults)
+    s = typed_settings.from_namespace(DistillSettings, namespace, COMMAND_LINES[modality].distill_defaults)
     check_inputs(s)
     return s, distillation.plan(s, COMMAND_LINES[modality])
 

@@ -19,24 +19,23 @@ import torch
 from . import io, reads
 from .cli import UsageError
 from .distill_model import LayerKD, distillation_parameters, normalised_mse, prepare_for_distillation
+from .emulator import build_layer_drop_emulator, uniform_drop_plan
 from .families import UnsupportedModelError, backbone, family_of
 from .modality import Corpus, Modality
-from .settings import DistillSettings, as_flags
+from .settings import DistillSettings
 from .sub_model import (
     SubModelError,
-    build_layer_drop_emulator,
     build_sub_model,
     compressed_layers,
     distilled_name,
     encoder_layer_parameters,
-    load_sub_model,
     mebi,
-    save_sub_model,
     sub_model_name,
-    uniform_drop_plan,
     validate_construction,
 )
+from .sub_model_io import load_sub_model, save_sub_model
 from .train_loop import NonFiniteLossError, OptimConfig, fetch, steps_for, to_device, train
+from .typed_settings import as_flags
 
 logger = logging.getLogger("distill")
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -25,7 +25,7 @@ class Corpus:
 
 @dataclass(frozen=True, kw_only=True)
 class Modality:
-    name: str  # the flags' modality ("text" or "image": settings.option(modality=...)) or "causal-lm"
+    name: str  # the flags' modality ("text" or "image": typed_settings.option(modality=...)) or "causal-lm"
     distill_script: str  # the command line that distils FMs of this modality
     processor: str  # transformers auto class of the FM's tokenizer or image processor
     fm_kinds: str  # the FMs, as a command line's description names them

@@ -1,5 +1,6 @@
-"""Sub-FM construction (spec §2): saliency-based FFN compression, the FedOT layer-drop emulator (spec §4.13),
-and save/load of sub-FM checkpoints as ordinary transformers folders.
+"""Sub-FM construction (spec §2): saliency-based FFN compression, the facts a sub-FM's config records, and its
+sizes and names. The FedOT layer-drop emulator (spec §4.13) is in `emulator.py`, save/load of sub-FM folders in
+`sub_model_io.py`.
 
 A sub-FM is the stock transformers model with smaller `nn.Linear` modules swapped into its FFNs. Its config records
 the per-layer FFN widths (`ffn_widths`), so loading rebuilds the stock model from the config, shrinks it to those
@@ -10,18 +11,14 @@ between the two by name (spec §2.7, §4.11).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from . import reads
 from .families import backbone, encoder_layers, family_of
 
 logger = logging.getLogger(__name__)
@@ -91,12 +88,6 @@ def activation_saliency(
     return saliency
 
 
-def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
-    owner_path, _, child = path.rpartition(".")
-    owner = parent.get_submodule(owner_path) if owner_path else parent
-    setattr(owner, child, new)
-
-
 def fm_ffn_width(config: PretrainedConfig) -> int:
     """The FFN width of a model of this config, read from its modules (built on the meta device: no memory, no
     weights), so a family whose config names its FFN width otherwise needs nothing more than its table row."""
@@ -161,7 +152,7 @@ def build_sub_model(
             ffn.slice(layer, select_neurons(scores, intermediate_rank))
         widths.append(ffn.width(layer))
     n = config.num_hidden_layers
-    _record_sub_config(
+    record_sub_config(
         sub.config,
         layers_retained=sorted(layers_retained),
         intermediate_rank=intermediate_rank,
@@ -190,138 +181,15 @@ def _check_saliency(saliency: Mapping[int, torch.Tensor], widths: Sequence[int],
             )
 
 
-def uniform_drop_plan(n_layers: int, adapter_bottom: int, adapter_top: int, emulator_layers: int) -> list[int]:
-    """FedOT layer plan (spec §4.13, an assumption): bottom/top adapter layers kept, `emulator_layers` of the middle
-    layers chosen uniformly (every k-th layer). Returns the FM indices kept, ascending."""
-    middle = list(range(adapter_bottom, n_layers - adapter_top))
-    if adapter_bottom + adapter_top >= n_layers:
-        raise SubModelError(f"adapter layers ({adapter_bottom}+{adapter_top}) leave no middle layers of {n_layers}")
-    if not 1 <= emulator_layers <= len(middle):
-        raise SubModelError(f"--emulator_layers must be in 1..{len(middle)}, got {emulator_layers}")
-    step = len(middle) / emulator_layers
-    kept_middle = [middle[int(k * step)] for k in range(emulator_layers)]
-    return list(range(adapter_bottom)) + kept_middle + list(range(n_layers - adapter_top, n_layers))
-
-
-def build_layer_drop_emulator(
-    fm: PreTrainedModel, adapter_bottom: int, adapter_top: int, emulator_layers: int
-) -> PreTrainedModel:
-    """Offsite-tuning emulator for FedOT: full copies of the kept FM layers, the others dropped (spec §4.13).
-
-    `layer_map[j]` is the FM layer that sub-FM layer j was copied from (used to plug LoRA back in);
-    `layer_targets[j]` is the FM layer whose output layer j stands in for (the last layer of the block it replaces),
-    used by layer-level distillation of the emulator.
-    """
-    config = fm.config
-    family = family_of(config)
-    n = config.num_hidden_layers
-    kept = uniform_drop_plan(n, adapter_bottom, adapter_top, emulator_layers)
-    sub = copy.deepcopy(fm)
-    layers = encoder_layers(sub, family)
-    widths = [family.ffn.width(layers[i]) for i in kept]
-    new_layers = nn.ModuleList([layers[i] for i in kept])
-    _replace(backbone(sub), family.layers, new_layers)
-    targets = [(kept[j + 1] - 1) if j + 1 < len(kept) else n - 1 for j in range(len(kept))]
-    sub.config.num_hidden_layers = len(kept)
-    retained = list(range(adapter_bottom)) + list(range(len(kept) - adapter_top, len(kept)))
-    _record_sub_config(
-        sub.config,
-        layers_retained=retained,
-        intermediate_rank=max(widths),
-        qk_rank=config.hidden_size,
-        ffn_widths=widths,
-        layer_map=kept,
-        layer_targets=targets,
-        fm_num_hidden_layers=n,
-    )
-    return sub
-
-
-def _record_sub_config(config: PretrainedConfig, **fields) -> None:
+def record_sub_config(config: PretrainedConfig, **fields) -> None:
+    """Write the sub-FM facts (widths, layer maps, construction arguments) into its config."""
     for key, value in fields.items():
         setattr(config, key, value)
-
-
-# ----------------------------------------------------------------------------------------------- save / load
-def is_sub_model_config(config: PretrainedConfig) -> bool:
-    return all(hasattr(config, key) for key in ("ffn_widths", "layer_map"))
 
 
 def compressed_layers(config: PretrainedConfig) -> list[int]:
     """Sub-FM layer indices that are not retained whole (spec §6.4: read from the sub-FM's own config)."""
     return [j for j in range(config.num_hidden_layers) if j not in set(config.layers_retained)]
-
-
-def save_sub_model(model: PreTrainedModel, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Save the bare backbone (with pooler where the family has one) as a transformers folder + parameter counts."""
-    path = Path(path)
-    base = backbone(model)
-    path.mkdir(parents=True, exist_ok=True)
-    base.config.architectures = [type(base).__name__]
-    base.config.save_pretrained(path)
-    # Written directly (not save_pretrained): transformers 5 renames some families' keys to legacy names on save,
-    # and a sub-FM is read back only by load_sub_model, which expects the live module names.
-    state = {k: v.detach().contiguous() for k, v in base.state_dict().items()}
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    counts = {"encoder_layer_parameters": encoder_layer_parameters(base), **(extra or {})}
-    (path / "sub_model_info.json").write_text(json.dumps(counts, indent=2) + "\n")
-
-
-def load_sub_model(
-    path: str | os.PathLike, model_class=AutoModel, torch_dtype: torch.dtype | None = None, **config_kwargs
-) -> PreTrainedModel:
-    """Load a sub-FM folder into `model_class` (AutoModel, AutoModelForSequenceClassification, ...).
-
-    The stock model is built from the config, its FFNs are shrunk to the recorded widths and the checkpoint is loaded
-    strictly into the backbone. The only tolerated difference is a pooler that the chosen head class does not build
-    (e.g. RobertaForSequenceClassification, spec §2.7); a head (classifier) is newly initialised, as with
-    `from_pretrained` on a bare checkpoint.
-    """
-    path = Path(path)
-    weights = path / "model.safetensors"
-    if not (path / "config.json").is_file() or not weights.is_file():
-        raise SubModelError(f"{path} is not a sub-FM folder (needs config.json and model.safetensors)")
-    with reads.reading(path / "config.json", "sub-FM config"):
-        config = AutoConfig.from_pretrained(path, **config_kwargs)
-    if not is_sub_model_config(config):
-        raise SubModelError(f"{path} is a plain checkpoint, not a sub-FM (its config has no ffn_widths/layer_map)")
-    model = sub_model_from_config(config, model_class, source=str(path))
-    with reads.reading(weights, "weights file"):
-        state = load_file(str(weights))
-    load_backbone_state(backbone(model), state, source=str(path))
-    if torch_dtype is not None:
-        model.to(torch_dtype)
-    return model
-
-
-def sub_model_from_config(config, model_class=AutoModel, source: str = "config") -> PreTrainedModel:
-    """The stock model of a sub-FM config with its FFNs shrunk to the recorded widths (weights uninitialised)."""
-    family = family_of(config)
-    model = model_class.from_config(config)
-    layers = encoder_layers(model, family)
-    if len(layers) != len(config.ffn_widths):
-        raise SubModelError(f"{source}: config lists {len(config.ffn_widths)} FFN widths for {len(layers)} layers")
-    for layer, width in zip(layers, config.ffn_widths):
-        family.ffn.resize(layer, width)
-    return model
-
-
-def load_backbone_state(base: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load, except a `pooler.*` the backbone does not build. Shapes are checked with a clear error."""
-    own = base.state_dict()
-    no_pooler = getattr(base, "pooler", None) is None
-    unexpected = [k for k in state if k not in own and not (no_pooler and k.startswith("pooler."))]
-    missing = [k for k in own if k not in state]
-    if missing or unexpected:
-        raise SubModelError(
-            f"{source}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for key, tensor in own.items():
-        if tensor.shape != state[key].shape:
-            raise SubModelError(
-                f"{source}: {key} has shape {tuple(state[key].shape)}, model expects {tuple(tensor.shape)}"
-            )
-    base.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- sizes and names

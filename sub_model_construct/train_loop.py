@@ -186,6 +186,37 @@ def _log_record(step: int, window: list[float], lr: float, grad_norm, parts: dic
     return record
 
 
+def _sum_across_processes(params, step_loss: torch.Tensor, data_parallel, desc: str, step: int, where) -> torch.Tensor:
+    """Sum the gradients and the step's loss over the data-parallel processes; every process raises on a
+    non-finite sum, before the update."""
+    _all_reduce_grads(params, data_parallel)
+    step_loss = data_parallel.reduce(step_loss, reduction="sum")
+    if not torch.isfinite(step_loss):
+        raise NonFiniteLossError(desc, step_loss.item(), step + 1, where)
+    return step_loss
+
+
+def _update(params, optimizer, scheduler, max_grad_norm: float, grad_hook: Callable[[], None] | None):
+    """The gradient hook, clipping, then one optimiser and schedule step. Returns (the gradient norm when clipping,
+    else None; the learning rate the step used)."""
+    if grad_hook is not None:
+        grad_hook()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+def _summary(history: list[dict], window: list[float], steps: int, last_loss: float, started: float) -> dict:
+    """What `train` returns: the mean of the logged losses (of the unlogged ones when nothing was logged)."""
+    losses = [h["loss"] for h in history] or window
+    mean = sum(losses) / len(losses) if losses else float("nan")
+    seconds = time.perf_counter() - started
+    return {"steps": steps, "loss": mean, "last_loss": last_loss, "seconds": seconds, "history": history}
+
+
 def train(
     named_params: Sequence[tuple[str, nn.Parameter]],
     dataset,
@@ -229,17 +260,8 @@ def train(
         for step in range(start_step, total_steps):
             step_loss, parts_sum = batch.backward(next(plan), step)
             if world > 1 and data_parallel is not None:
-                _all_reduce_grads(params, data_parallel)
-                step_loss = data_parallel.reduce(step_loss, reduction="sum")
-                if not torch.isfinite(step_loss):
-                    raise NonFiniteLossError(desc, step_loss.item(), step + 1, where)
-            if grad_hook is not None:
-                grad_hook()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm) if optim.max_grad_norm > 0 else None
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                step_loss = _sum_across_processes(params, step_loss, data_parallel, desc, step, where)
+            grad_norm, lr = _update(params, optimizer, scheduler, optim.max_grad_norm, grad_hook)
             last_loss = step_loss.item()
             window.append(last_loss)
             bar.update(1, loss=f"{last_loss:.4f}")
@@ -252,13 +274,4 @@ def train(
                 on_step(step + 1, optimizer, scheduler)
     finally:
         bar.close()  # also when stopped: an error line must not share a line with the bar
-    losses = [h["loss"] for h in history] or window
-    mean = sum(losses) / len(losses) if losses else float("nan")
-    seconds = time.perf_counter() - started
-    return {
-        "steps": total_steps - start_step,
-        "loss": mean,
-        "last_loss": last_loss,
-        "seconds": seconds,
-        "history": history,
-    }
+    return _summary(history, window, total_steps - start_step, last_loss, started)

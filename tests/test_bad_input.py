@@ -487,7 +487,7 @@ def test_a_full_disk_is_found_before_anything_is_written(tmp_path, monkeypatch):
 
 
 def test_number_ranges_refuse_nan_and_infinity():
-    from sub_model_construct.settings import POSITIVE, Range
+    from sub_model_construct.typed_settings import POSITIVE, Range
 
     assert 1e300 in POSITIVE and math.nan not in POSITIVE and math.inf not in POSITIVE
     assert -math.inf not in Range() and 0.5 in Range(0, 1) and True not in Range()

@@ -15,14 +15,8 @@ from sub_model_construct.cli import UsageError
 from sub_model_construct.distill_model import LayerKD, distillation_parameters, prepare_for_distillation
 from sub_model_construct.families import FAMILIES, backbone, encoder_layers, family_of, max_tokens
 from sub_model_construct.modality import CAUSAL_LM, TEXT
-from sub_model_construct.sub_model import (
-    SubModelError,
-    activation_saliency,
-    build_sub_model,
-    fm_ffn_width,
-    load_sub_model,
-    save_sub_model,
-)
+from sub_model_construct.sub_model import SubModelError, activation_saliency, build_sub_model, fm_ffn_width
+from sub_model_construct.sub_model_io import load_sub_model, save_sub_model
 
 HIDDEN, LAYERS, FFN, HEADS, KV_HEADS, VOCAB, KEEP = 32, 4, 64, 4, 2, 100, 16
 CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from transformers import AlbertConfig, AutoModel, AutoModelForImageClassification, GPT2Config
 
 import datasets
-from sub_model_construct.sub_model import build_sub_model, load_sub_model
+from sub_model_construct.sub_model import build_sub_model
+from sub_model_construct.sub_model_io import load_sub_model
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ ENV = tiny.subprocess_env()
 def assets(tmp_path_factory):
     """A tiny BERT FM, its sub-FM, a 3-class headline task in the embedded-task layout and a public corpus."""
     import datasets
-    from sub_model_construct.sub_model import build_sub_model, save_sub_model
+    from sub_model_construct.sub_model import build_sub_model
+    from sub_model_construct.sub_model_io import save_sub_model
 
     root = tmp_path_factory.mktemp("fed")
     fm_dir = tiny.make_text_fm(root / "fm", "bert")
@@ -281,7 +282,8 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(assets, tmp_path
     other_fm = tiny.make_text_fm(tmp_path / "other", "bert", layers=2)
     from transformers import AutoModel
 
-    from sub_model_construct.sub_model import build_sub_model, save_sub_model
+    from sub_model_construct.sub_model import build_sub_model
+    from sub_model_construct.sub_model_io import save_sub_model
 
     save_sub_model(build_sub_model(AutoModel.from_pretrained(other_fm), [0], 16), tmp_path / "other-sub")
     sub = str(assets / "sub")

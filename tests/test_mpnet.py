@@ -18,6 +18,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, MPNetCon
 
 from federated_proxy_finetuning.adapters import lora_target_regex
 from sub_model_construct.distill_model import distillation_parameters
+from sub_model_construct.emulator import build_layer_drop_emulator
 from sub_model_construct.families import (
     FAMILIES,
     UnsupportedModelError,
@@ -25,16 +26,8 @@ from sub_model_construct.families import (
     encoder_layers,
     family_of,
 )
-from sub_model_construct.sub_model import (
-    SubModelError,
-    build_layer_drop_emulator,
-    build_sub_model,
-    encoder_layer_parameters,
-    load_sub_model,
-    mebi,
-    save_sub_model,
-    select_neurons,
-)
+from sub_model_construct.sub_model import SubModelError, build_sub_model, encoder_layer_parameters, mebi, select_neurons
+from sub_model_construct.sub_model_io import load_sub_model, save_sub_model
 from tests import tiny
 
 MPNET = FAMILIES["mpnet"]

@@ -23,7 +23,8 @@ def distilbert(tmp_path_factory) -> Path:
     from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
 
     import datasets
-    from sub_model_construct.sub_model import build_sub_model, save_sub_model
+    from sub_model_construct.sub_model import build_sub_model
+    from sub_model_construct.sub_model_io import save_sub_model
 
     root = tmp_path_factory.mktemp("distilbert")
     fm_dir = root / "fm"
@@ -66,7 +67,8 @@ def distilbert(tmp_path_factory) -> Path:
 
 def test_the_row_cuts_the_ffn_by_its_modules(distilbert):
     from sub_model_construct.families import FAMILIES, encoder_layers
-    from sub_model_construct.sub_model import fm_ffn_width, load_sub_model
+    from sub_model_construct.sub_model import fm_ffn_width
+    from sub_model_construct.sub_model_io import load_sub_model
 
     family = FAMILIES["distilbert"]
     sub = load_sub_model(distilbert / "sub")

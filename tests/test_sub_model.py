@@ -24,6 +24,7 @@ from transformers import (
     ViTModel,
 )
 
+from sub_model_construct.emulator import build_layer_drop_emulator
 from sub_model_construct.families import (
     FAMILIES,
     UnsupportedModelError,
@@ -34,16 +35,14 @@ from sub_model_construct.families import (
 from sub_model_construct.modality import IMAGE
 from sub_model_construct.sub_model import (
     SubModelError,
-    build_layer_drop_emulator,
     build_sub_model,
     encoder_layer_parameters,
-    load_sub_model,
     mebi,
-    save_sub_model,
     select_neurons,
     sub_model_name,
     validate_construction,
 )
+from sub_model_construct.sub_model_io import load_sub_model, save_sub_model
 from tests import tiny
 
 FAMILY_NAMES = ["bert", "roberta", "vit"]

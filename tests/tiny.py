@@ -149,7 +149,7 @@ def write_finished_run(argv: list[str], modality: str = "text"):
     """A finished run folder for these fedtune flags, where fedtune would write it and with the config.json args it
     would record (no training); returns (settings, folder)."""
     from federated_proxy_finetuning.fedtune import parse_settings
-    from sub_model_construct.settings import as_flags
+    from sub_model_construct.typed_settings import as_flags
 
     settings = parse_settings(argv, modality)
     folder = settings.run_path

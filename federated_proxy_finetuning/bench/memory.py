@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sub_model_construct.families import family_of
-from sub_model_construct.sub_model import load_sub_model
+from sub_model_construct.sub_model_io import load_sub_model
 
 from .models import batch_for, client_model, head_class
 from .timing import client_optimizer, train_step

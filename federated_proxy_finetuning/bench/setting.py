@@ -11,13 +11,10 @@ from pathlib import Path
 import torch
 
 from federated_proxy_finetuning.adapters import adapter_state, aggregate, load_adapter
+from sub_model_construct.emulator import build_layer_drop_emulator
 from sub_model_construct.families import FAMILIES, encoder_layers
-from sub_model_construct.sub_model import (
-    build_layer_drop_emulator,
-    build_sub_model,
-    encoder_layer_parameters,
-    save_sub_model,
-)
+from sub_model_construct.sub_model import build_sub_model, encoder_layer_parameters
+from sub_model_construct.sub_model_io import save_sub_model
 
 from .flops import flop_ratios
 from .memory import RETURNED_ENV, glibc, measure_memory
