@@ -75,8 +75,9 @@ def check_flags(argv: list[str] | None, modality: str) -> tuple[DistillSettings,
 def main(argv: list[str] | None = None, modality: str = "text") -> int:
     s, plan = check_flags(argv, modality)
     corpus = out = None
-    if s.distill:  # refused before anything is written: the corpus and the output folder
+    if s.distill or s.activation_saliency:  # refused before anything is written: the corpus and the output folder
         corpus = COMMAND_LINES[modality].load_corpus(s, plan.config)
+    if s.distill:
         out = distillation.output_folder(s, plan, corpus.tag)
         distillation.check_resumable(s, out)
     lock = check_outputs(s, plan, out)
@@ -99,10 +100,15 @@ def main(argv: list[str] | None = None, modality: str = "text") -> int:
 
 def distil_steps(s: DistillSettings, modality: str, plan, corpus, out, accelerator) -> int:
     torch.manual_seed(s.seed)  # image crops and flips draw from torch's global RNG
-    fm, sub, fm_params, sub_params = distillation.build(s, plan, accelerator)
+    split = None
+    if s.activation_saliency:  # the neurons are ranked on the training items before the sub-FM is built
+        split = distillation.split_corpus(s, COMMAND_LINES[modality], corpus, plan.config, accelerator)
+    fm, sub, fm_params, sub_params = distillation.build(s, plan, accelerator, split[1:] if split else None)
     if not s.distill:
         return 0
-    heldout, data, collate = distillation.split_corpus(s, COMMAND_LINES[modality], corpus, plan.config, accelerator)
+    heldout, data, collate = split or distillation.split_corpus(
+        s, COMMAND_LINES[modality], corpus, plan.config, accelerator
+    )
     fm.to(accelerator.device)
     resumed, resume_state = distillation.resume_point(s, out, accelerator)
     accelerator.wait_for_everyone()

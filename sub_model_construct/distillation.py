@@ -25,6 +25,7 @@ from .modality import Corpus, Modality
 from .settings import DistillSettings
 from .sub_model import (
     SubModelError,
+    activation_saliency,
     build_sub_model,
     compressed_layers,
     distilled_name,
@@ -60,6 +61,8 @@ def plan(s: DistillSettings, modality: Modality) -> Plan:
         qk_rank = config.hidden_size if s.qk_rank is None else s.qk_rank
         if s.emulator_layers:
             uniform_drop_plan(config.num_hidden_layers, *s.adapter_layers, s.emulator_layers)
+            if s.activation_saliency:
+                raise UsageError("--saliency activation ranks FFN neurons: it does not apply to --emulator_layers")
         else:
             validate_construction(config, list(s.layers_retained), s.intermediate_rank, qk_rank)
             if s.distill and len(s.layers_retained) == config.num_hidden_layers:
@@ -77,6 +80,7 @@ def plan(s: DistillSettings, modality: Modality) -> Plan:
         name = f"fedot-{fm}-adapters{bottom}{top}-emulator{s.emulator_layers}"
     else:
         name = sub_model_name(s.model_checkpoint, list(s.layers_retained), qk_rank, s.intermediate_rank)
+        name += "-act" if s.activation_saliency else ""
     sub_dir = Path(s.output_dir) if not s.distill and s.output_dir else Path(s.sub_model_dir) / name
     return Plan(config, qk_rank, sub_dir)
 
@@ -99,9 +103,10 @@ def output_folder(s: DistillSettings, plan_: Plan, corpus_tag: str) -> Path:
     return out
 
 
-def build(s: DistillSettings, plan_: Plan, accelerator):
+def build(s: DistillSettings, plan_: Plan, accelerator, saliency_items=None):
     """(FM, sub-FM, FM and sub-FM encoder-layer parameters): construction (spec §2), reusing the undistilled folder
-    when it exists (as the reference does)."""
+    when it exists (as the reference does). `saliency_items` = (public-corpus items, collate) with --saliency
+    activation."""
     from transformers import AutoModel
 
     fm = reads.pretrained(AutoModel, s.model_checkpoint, allow_missing=("pooler.",))
@@ -113,7 +118,8 @@ def build(s: DistillSettings, plan_: Plan, accelerator):
         if s.emulator_layers:  # FedOT's layer-drop emulator (spec §4.13, an assumption)
             sub = build_layer_drop_emulator(fm, *s.adapter_layers, s.emulator_layers)
         else:
-            sub = build_sub_model(fm, list(s.layers_retained), s.intermediate_rank, plan_.qk_rank)
+            scores = neuron_activations(s, fm, saliency_items, accelerator) if saliency_items else None
+            sub = build_sub_model(fm, list(s.layers_retained), s.intermediate_rank, plan_.qk_rank, saliency=scores)
         if accelerator.is_main_process:
             save_sub_model(sub, plan_.sub_dir, {"fm_encoder_layer_parameters": fm_params, "fm": s.model_checkpoint})
         accelerator.wait_for_everyone()
@@ -124,6 +130,18 @@ def build(s: DistillSettings, plan_: Plan, accelerator):
             f"sub-FM: {sub_params:,} ({mebi(sub_params)}), ratio {sub_params / fm_params:.3f}; saved in {plan_.sub_dir}"
         )
     return fm, sub, fm_params, sub_params
+
+
+def neuron_activations(s: DistillSettings, fm, saliency_items, accelerator) -> dict:
+    """Activation saliency of every compressed layer's neurons over the first --saliency_blocks training items."""
+    data, collate = saliency_items
+    count, size = min(s.saliency_blocks, len(data)), s.per_device_eval_batch_size
+    batches = (collate(fetch(data, range(b, min(b + size, count)))) for b in range(0, count, size))
+    compressed = [i for i in range(fm.config.num_hidden_layers) if i not in s.layers_retained]
+    fm.to(accelerator.device)
+    scores = activation_saliency(fm, batches, compressed)
+    logger.info("activation saliency of %d layers over %d public-corpus items", len(compressed), count)
+    return scores
 
 
 def split_corpus(s: DistillSettings, modality: Modality, corpus: Corpus, config, accelerator):

@@ -46,6 +46,17 @@ class DistillSettings:
     qk_rank: int | None = option(
         None, "must equal the hidden size: attention is not compressed (spec §2.4)", parse=int, valid=AT_LEAST_ONE
     )
+    saliency: str = option(
+        "weight",
+        "how a compressed FFN's neurons are ranked: weight (spec §2.2; for a gated FFN the norm of its gate and up "
+        "rows and down column) or activation (||W_out[:, j]|| * sqrt(E[h_j^2]) over public-corpus tokens, as "
+        "FLAP/Wanda do; the folder name gets -act)",
+        choices=("weight", "activation"),
+    )
+    saliency_blocks: int = option(
+        64, "with --saliency activation: public-corpus training items the activations are averaged over",
+        valid=AT_LEAST_ONE,
+    )  # fmt: skip
     distill: bool = option(False, "run layer-level distillation after construction")
     split_distill: bool = option(False, "accepted for compatibility; no effect (spec §6.2)")
     sub_model_dir: str = option("./sub_model", "where sub-FM folders are written")
@@ -111,6 +122,11 @@ class DistillSettings:
     num_proc: int | None = option(None, "processes for corpus tokenisation", parse=int, valid=Range(1, 256))
     cache_dir: str | None = option(None, "cache for tokenised corpus blocks (default: <sub_model_dir>/.cache)")
     cpu: bool = option(False, "force CPU (gloo) even when a GPU is visible")
+
+    @property
+    def activation_saliency(self) -> bool:
+        """Neurons ranked by their activations on the public corpus (read before the sub-FM is built)."""
+        return self.saliency == "activation"
 
     @property
     def resuming(self) -> bool:

@@ -244,3 +244,43 @@ def test_a_gated_ffn_counts_activations_below_the_threshold_as_inactive():
         assert torch.equal(stats["zero_counts"][i], (h.abs() < threshold).sum(0))
         assert 0 < stats["zero_counts"][i].sum() < h.numel()  # SiLU gating: some inactive, never all
         assert (h == 0).sum() == 0  # and no exact zero, which is why the threshold exists
+
+
+def test_distill_ranks_neurons_by_their_activations_on_the_public_corpus(tmp_path):
+    """--saliency activation: the sub-FM keeps the neurons activation_saliency ranks highest over the first
+    --saliency_blocks training items of the public corpus, in a folder named -act."""
+    from accelerate import Accelerator
+    from transformers import BertTokenizerFast
+
+    from sub_model_construct import distillation
+    from sub_model_construct.train_loop import fetch
+    from tests import tiny
+
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    tokenizer = BertTokenizerFast(vocab=str(tiny.write_vocab(folder)), do_lower_case=True)
+    config = tiny_config("llama")
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    fm = AutoModelForCausalLM.from_config(config).eval()
+    fm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    corpus = tiny.write_text_corpus(tmp_path / "corpus.txt")
+    argv = ["--model_checkpoint", str(folder), "--layers_retained", "0", "3", "--intermediate_rank", str(KEEP)]
+    argv += ["--saliency", "activation", "--saliency_blocks", "4", "--per_device_eval_batch_size", "2"]
+    argv += ["--dataset1_path", str(corpus), "--dataset2_path", "", "--block_size", "16"]
+    argv += ["--sub_model_dir", str(tmp_path / "sub"), "--cpu", "True"]
+    assert distill.main(argv, "text") == 0
+    (built,) = (tmp_path / "sub").glob("sub-llama-*-act")
+    s, plan = distill.check_flags(argv, "text")
+    _, data, collate = distillation.split_corpus(
+        s, TEXT, TEXT.load_corpus(s, plan.config), plan.config, Accelerator(cpu=True)
+    )
+    scores = activation_saliency(fm.model, [collate(fetch(data, range(b, b + 2))) for b in (0, 2)], CUT)
+    expected = build_sub_model(fm.model, [0, 3], KEEP, saliency=scores).state_dict()
+    by_weight = build_sub_model(fm.model, [0, 3], KEEP).state_dict()
+    got = load_sub_model(built).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert any(not torch.equal(got[k], v) for k, v in by_weight.items())  # not the weight rule's choice
+    with pytest.raises(UsageError, match="emulator_layers"):
+        distill.check_flags([*argv[:2], "--emulator_layers", "2", "--saliency", "activation"], "text")
