@@ -20,6 +20,8 @@ from sub_model_construct.reads import manifest_holds, reading, write_manifest
 from sub_model_construct.train_loop import fetch, to_device
 
 from .tasks import (
+    LM_TASKS,
+    TEXT_TASKS,
     TaskData,
     TaskError,
     _cache_folder,
@@ -44,6 +46,10 @@ class LMTask(TaskData):
 
     topic_prompts: datasets.Dataset | None = None
     label_words: list[str] = field(default_factory=list)
+
+    def evaluate(self, model, batch_size: int, accelerator) -> dict:
+        """The answer loss, perplexity and topic accuracy of `model` as it is (evaluate_lm)."""
+        return evaluate_lm(model, self, batch_size, accelerator)
 
 
 # ------------------------------------------------------------------------------------------------ tokenising
@@ -136,6 +142,9 @@ def collate_lm(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def _read(name: str, dataset_path: str, tokenizer) -> datasets.DatasetDict:
+    if name not in LM_TASKS:
+        known = "a classification task for an encoder FM" if name in TEXT_TASKS else "not a causal-LM task"
+        raise TaskError(f"{name} is {known}; a causal-LM FM fine-tunes on {', '.join(LM_TASKS)}")
     folder = Path(dataset_path) / name
     if not is_saved_dict(folder):
         raise TaskError(

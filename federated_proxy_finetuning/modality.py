@@ -134,6 +134,6 @@ def of_family(s: FedSettings, family: Family, modality: Modality) -> Modality:
     """The modality a run of this FM takes on the command line of `modality` (a causal LM: the text one's), or one
     line naming the command line that fine-tunes it."""
     own = BY_NAME[family.modality.name]
-    if own.command_line.name != modality.name:
+    if own.command_line.name != modality.command_line.name:
         raise UsageError(f"{s.model_checkpoint} is a {own.fm_kinds} model ({family.name}): use {own.script}")
     return own

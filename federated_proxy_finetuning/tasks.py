@@ -25,11 +25,15 @@ FETCH_HINT = "run `bash scripts/fetch_assets.sh` to fetch it"
 EMBEDDED_TASKS = (
     "wiki-topics",
     "wiki-pairs",
+    "wiki-qa",
     "bbc",
     "bbc-pairs",
     "mnist",
     "fashion-mnist",
 )  # fetched by scripts/fetch_assets.sh (datasets/README.md)
+
+
+LM_TASKS = ("wiki-qa",)  # instruction -> answer tasks of a causal-LM FM (lm_tasks.py)
 
 
 class TaskError(ValueError):
@@ -261,6 +265,10 @@ def load_text_task(
     label_name: str = "label",
 ) -> TaskData:
     """A GLUE-style or the embedded BBC text task, tokenised once (and cached under `cache_dir`) (spec §4.2)."""
+    if task_name in LM_TASKS:
+        raise TaskError(
+            f"{task_name} is an instruction task for a causal-LM FM (LLaMA, Qwen2, Mistral), not a classifier"
+        )
     if task_name not in TEXT_TASKS:
         raise TaskError(f"unknown text task {task_name!r}; supported: {', '.join(sorted(TEXT_TASKS))}")
     spec = TEXT_TASKS[task_name]

@@ -1,0 +1,122 @@
+"""FedPFT on a decoder LM end to end: a tiny LLaMA FM, its sub-FM, the wiki-qa task shape and the public corpus,
+through fedtune.py's text command line (rounds, an alignment with the gated-FFN threshold, plug-in evaluation of
+the FM with answer loss, perplexity and topic accuracy, a stock PEFT checkpoint, resume)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from sub_model_construct.sub_model import build_sub_model
+from sub_model_construct.sub_model_io import save_sub_model
+from tests import tiny
+from tests.test_lm_tasks import MINILM, RECORDS, TEMPLATE, write_qa
+
+ROOT = Path(__file__).resolve().parents[1]
+FEDTUNE = ROOT / "federated_proxy_finetuning" / "fedtune.py"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """A tiny LLaMA FM (the MiniLM tokenizer with a chat template), its sub-FM (layers 0 and 3 whole, FFN 64 -> 16),
+    a wiki-qa-shaped task and a public text corpus."""
+    if not (MINILM / "tokenizer_config.json").exists():
+        pytest.skip("pretrain_models/all-MiniLM-L6-v2 not fetched (bash scripts/fetch_assets.sh)")
+    root = tmp_path_factory.mktemp("causal")
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
+    tokenizer.chat_template, tokenizer.eos_token = TEMPLATE, "[SEP]"
+    config = LlamaConfig(
+        hidden_size=32, num_hidden_layers=4, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    fm = AutoModelForCausalLM.from_config(config)
+    fm.save_pretrained(root / "fm")
+    tokenizer.save_pretrained(root / "fm")
+    save_sub_model(build_sub_model(fm.model, [0, 3], 16), root / "sub")
+    write_qa(root / "data")
+    tiny.write_text_corpus(root / "corpus.txt")
+    return root
+
+
+def fedtune(root: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    flags = [
+        *("--model_checkpoint", str(root / "fm"), "--task_name", "wiki-qa", "--dataset_path", str(root / "data")),
+        *("--method", "pft", "--sub_model_checkpoint", str(root / "sub"), "--align_interval", "2"),
+        *("--num_clients", "2", "--proportion", "1.0", "--num_rounds", "3", "--max_length", "96"),
+        *("--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4", "--lora_rank", "4"),
+        *("--learning_rate", "5e-3", "--seed", "3", "--output_root", str(root / out)),
+        *("--task_root", str(root / "task"), "--cache_dir", str(root / "cache")),
+        *tiny.align_flags(root / "corpus.txt"),
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, str(FEDTUNE), *flags], capture_output=True, text=True, env=tiny.subprocess_env(), timeout=600
+    )
+
+
+def metrics(root: Path, out: str) -> list[dict]:
+    (path,) = (root / out).glob("*/*/*/metrics.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_fedpft_fine_tunes_a_causal_lm_and_evaluates_the_plugged_in_fm(assets):
+    done = fedtune(assets, "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = metrics(assets, "run")
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert [r["aligned"] for r in records] == [False, False, True, False]
+    for r in records:
+        fm = r["fm"]
+        assert fm["eval_perplexity"] == pytest.approx(2.718281828 ** fm["eval_loss"], rel=1e-6)
+        assert 0.0 <= fm["eval_topic_accuracy"] <= 1.0 and sum(map(sum, fm["eval_confusion"])) == len(RECORDS["validation"])
+    assert records[3]["fm"]["eval_loss"] < records[0]["fm"]["eval_loss"]  # the answers became likelier
+    # the round-2 alignment counted inactive positions of the gated FFNs by the threshold, and moved neurons
+    assert records[2]["align"]["steps"] > 0
+    # the adapter: LoRA on the attention only, no head (the tied LM head is frozen and never shipped)
+    (summary_path,) = (assets / "run").glob("*/*/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["metric_for_best_model"] == "topic_accuracy"
+    (checkpoint,) = (assets / "run").glob("*/*/*/server/checkpoint-round3")
+    from safetensors.torch import load_file
+
+    keys = load_file(str(checkpoint / "adapter_model.safetensors"))
+    assert keys and all("lora_" in k and "self_attn" in k for k in keys)
+    bytes_per_client = sum(t.numel() * t.element_size() for t in keys.values())
+    assert records[1]["bytes_received"] == 2 * bytes_per_client
+    # the plug-in: the stock PEFT loader puts the checkpoint into the FM and gives the recorded loss's model
+    from peft import PeftModel
+
+    plugged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets / "fm"), str(checkpoint))
+    assert sum("lora_" in n for n, _ in plugged.named_parameters()) == len(keys)
+
+
+def test_a_stopped_causal_lm_run_resumes_to_the_same_numbers(assets):
+    assert fedtune(assets, "whole").returncode == 0
+    stopped = fedtune(assets, "parts", "--stop_after_round", "2")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    resumed = fedtune(assets, "parts", "--resume", "True")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole, parts = metrics(assets, "whole"), metrics(assets, "parts")
+    assert [r["fm"]["eval_loss"] for r in whole] == [r["fm"]["eval_loss"] for r in parts]
+
+
+def test_a_classification_task_on_a_causal_lm_is_refused_in_one_line(assets, tmp_path):
+    done = fedtune(assets, "refused", "--task_name", "bbc", "--dataset_path", str(tmp_path))
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "bbc is a classification task for an encoder FM" in lines[0]
+    assert not (assets / "refused").exists()
+
+
+def test_an_instruction_task_on_an_encoder_is_refused(tmp_path):
+    from federated_proxy_finetuning.tasks import TaskError, load_text_task
+
+    with pytest.raises(TaskError, match="wiki-qa is an instruction task for a causal-LM FM"):
+        load_text_task("wiki-qa", str(tmp_path), tokenizer=None)
