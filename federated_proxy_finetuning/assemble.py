@@ -34,14 +34,14 @@ from .results import RunFolder
 from .sampling import sample_schedule
 from .server import Federation, Server
 from .settings import FedSettings
+from .tasks import seeded_rows
 
 logger = logging.getLogger(__name__)
 
 
 def seeded_subset(dataset, count: int, seed: int):
     """`count` rows drawn at random (seeded), in their original row order."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    return dataset.select(sorted(order[:count]))
+    return dataset.select(seeded_rows(len(dataset), count, seed))
 
 
 def local_training_rows(rows: list[int], share: float, seed: int) -> list[int]:
@@ -58,13 +58,9 @@ def trim_eval_splits(task, s: FedSettings) -> None:
     split stored in label order has one class first)."""
     if s.partition.test_holdout:
         share = s.partition.test_holdout
-        task.eval_splits = {
-            k: seeded_subset(v, max(1, round(share * len(v))), s.seed) for k, v in task.eval_splits.items()
-        }
+        task.subset_eval(lambda rows: max(1, round(share * rows)), s.seed)
     if s.max_eval_samples:
-        task.eval_splits = {
-            k: seeded_subset(v, min(s.max_eval_samples, len(v)), s.seed) for k, v in task.eval_splits.items()
-        }
+        task.subset_eval(lambda rows: min(s.max_eval_samples, rows), s.seed)
 
 
 def best_model_metric(task, s: FedSettings) -> str:

@@ -10,6 +10,7 @@ the number of processes or on a resume.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, fetc
 
 from .adapters import adapter_state, load_adapter
 from .align import counting_zero_activations
-from .tasks import TaskData, compute_metrics, eval_prefix
+from .tasks import TaskData
 
 
 def client_seed(seed: int, round_index: int, client: int) -> int:
@@ -121,6 +122,31 @@ class ClientTrainer:
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
+def eval_prefix(split_key: str) -> str:
+    """Metric-name prefix of an eval split (spec §4.11): "" -> "eval_", "matched" -> "eval_matched_"."""
+    return f"eval_{split_key}_" if split_key else "eval_"
+
+
+def compute_metrics(preds: np.ndarray, labels: np.ndarray, metric_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy and (binary, positive class 1) F1 of argmax predictions, as fractions in [0, 1] (spec §4.11).
+    F1 falls back to macro averaging if more than two classes occur."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or labels.size == 0:
+        raise ValueError(f"predictions {preds.shape} and labels {labels.shape} must be equal-shaped and non-empty")
+    out: dict[str, float] = {}
+    for name in metric_names:
+        if name == "accuracy":
+            out[name] = float(accuracy_score(labels, preds))
+        elif name == "f1":
+            binary = set(np.union1d(preds, labels).tolist()) <= {0, 1}
+            out[name] = float(f1_score(labels, preds, average="binary" if binary else "macro", zero_division=0))
+        else:
+            raise ValueError(f"unknown metric {name!r}; supported: accuracy, f1")
+    return out
+
+
 @torch.no_grad()
 def predict(model, dataset, collate, batch_size: int, accelerator) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(predictions, labels, mean loss, seconds) of `model` on `dataset`; batches are spread over processes and

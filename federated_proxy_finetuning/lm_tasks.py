@@ -29,6 +29,7 @@ from .tasks import (
     dataset_identity,
     encode_string_labels,
     is_saved_dict,
+    seeded_rows,
 )
 
 IGNORE = -100  # the label of a token that carries no loss: prompt and padding
@@ -46,6 +47,15 @@ class LMTask(TaskData):
 
     topic_prompts: datasets.Dataset | None = None
     label_words: list[str] = field(default_factory=list)
+
+    def subset_eval(self, count_of, seed: int) -> None:
+        """Keep seeded random validation records and the topic prompts of their articles."""
+        validation = self.eval_splits[""]
+        rows = seeded_rows(len(validation), count_of(len(validation)), seed)
+        self.eval_splits = {"": validation.select(rows)}
+        renumbered = {old: new for new, old in enumerate(rows)}
+        prompts = self.topic_prompts.filter(lambda r: r["article"] in renumbered)
+        self.topic_prompts = prompts.map(lambda r: {"article": renumbered[r["article"]]})
 
     def evaluate(self, model, batch_size: int, accelerator) -> dict:
         """The answer loss, perplexity and topic accuracy of `model` as it is (evaluate_lm)."""

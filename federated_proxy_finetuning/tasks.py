@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import datasets
@@ -92,6 +91,12 @@ class TaskData:
     collate_fn: Callable[[list[dict]], dict[str, torch.Tensor]]
     identity: str = ""  # the dataset's path and train-split fingerprint (keys the partition cache)
 
+    def subset_eval(self, count_of: Callable[[int], int], seed: int) -> None:
+        """Keep `count_of(rows)` seeded random rows of every eval split, in their stored order."""
+        self.eval_splits = {
+            k: v.select(seeded_rows(len(v), count_of(len(v)), seed)) for k, v in self.eval_splits.items()
+        }
+
     def evaluate(self, model, batch_size: int, accelerator) -> dict:
         """Metrics of `model` as it is on every eval split (client.evaluate: argmax predictions of the head)."""
         from .client import evaluate
@@ -99,30 +104,10 @@ class TaskData:
         return evaluate(model, self, batch_size, accelerator)
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-def eval_prefix(split_key: str) -> str:
-    """Metric-name prefix of an eval split (spec §4.11): "" -> "eval_", "matched" -> "eval_matched_"."""
-    return f"eval_{split_key}_" if split_key else "eval_"
-
-
-def compute_metrics(preds: np.ndarray, labels: np.ndarray, metric_names: Sequence[str]) -> dict[str, float]:
-    """Accuracy and (binary, positive class 1) F1 of argmax predictions, as fractions in [0, 1] (spec §4.11).
-    F1 falls back to macro averaging if more than two classes occur."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    if preds.shape != labels.shape or labels.size == 0:
-        raise ValueError(f"predictions {preds.shape} and labels {labels.shape} must be equal-shaped and non-empty")
-    out: dict[str, float] = {}
-    for name in metric_names:
-        if name == "accuracy":
-            out[name] = float(accuracy_score(labels, preds))
-        elif name == "f1":
-            binary = set(np.union1d(preds, labels).tolist()) <= {0, 1}
-            out[name] = float(f1_score(labels, preds, average="binary" if binary else "macro", zero_division=0))
-        else:
-            raise ValueError(f"unknown metric {name!r}; supported: accuracy, f1")
-    return out
+def seeded_rows(rows: int, count: int, seed: int) -> list[int]:
+    """`count` of `rows` row indices drawn at random (seeded), in ascending order."""
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[:count])
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers

@@ -253,3 +253,17 @@ def test_smollm2_answers_with_a_finite_loss(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(str(SMOLLM))
     record = evaluate_lm(model, task, batch_size=4, accelerator=CPU)
     assert 0 < record["eval_loss"] < 8 and 0 <= record["eval_topic_accuracy"] <= 1
+
+
+def test_a_smaller_evaluation_keeps_the_topic_prompts_of_its_articles(task):
+    from federated_proxy_finetuning.tasks import seeded_rows
+
+    before = task.topic_prompts
+    topic_of = dict(zip(before["article"], before["topic"]))
+    rows = seeded_rows(len(task.eval_splits[""]), 2, 0)
+    ids = [task.eval_splits[""][r]["input_ids"] for r in rows]
+    task.subset_eval(lambda count: 2, seed=0)
+    assert task.eval_splits[""]["input_ids"] == ids
+    prompts = task.topic_prompts
+    assert sorted(set(prompts["article"])) == [0, 1] and len(prompts) == 2 * task.num_labels
+    assert all(topic == topic_of[rows[a]] for a, topic in zip(prompts["article"], prompts["topic"]))

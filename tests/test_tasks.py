@@ -10,14 +10,9 @@ import torch
 from transformers import BertTokenizerFast
 
 import datasets
+from federated_proxy_finetuning.client import compute_metrics, eval_prefix
 from federated_proxy_finetuning.image_tasks import load_image_task
-from federated_proxy_finetuning.tasks import (
-    TEXT_TASKS,
-    TaskError,
-    compute_metrics,
-    eval_prefix,
-    load_text_task,
-)
+from federated_proxy_finetuning.tasks import TEXT_TASKS, TaskError, load_text_task
 from tests import tiny
 
 NLI = datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])
