@@ -47,6 +47,8 @@ class LMTask(TaskData):
 
     topic_prompts: datasets.Dataset | None = None
     label_words: list[str] = field(default_factory=list)
+    # the topic question with an empty title, once per topic: each name's prior, subtracted from its score
+    topic_baseline: datasets.Dataset | None = None
 
     def subset_eval(self, count_of, seed: int) -> None:
         """Keep seeded random validation records and the topic prompts of their articles."""
@@ -119,6 +121,10 @@ def encode_splits(raw: datasets.DatasetDict, tokenizer, max_length: int, label_w
     tables["topic_prompts"] = datasets.Dataset.from_dict(
         encode_topic_prompts(tokenizer, raw["validation"], label_words, max_length)
     )
+    no_title = datasets.Dataset.from_dict({"title": [""], "topic": [0]})
+    tables["topic_baseline"] = datasets.Dataset.from_dict(
+        encode_topic_prompts(tokenizer, no_title, label_words, max_length)
+    )
     return datasets.DatasetDict(tables)
 
 
@@ -127,7 +133,14 @@ def encode_cached(raw, tokenizer, max_length: int, label_words: list[str], cache
     eos, the topic question and max_length)."""
     if cache_dir is None:
         return encode_splits(raw, tokenizer, max_length, label_words)
-    keys = ["causal-lm", tokenizer.chat_template, tokenizer.eos_token_id, TOPIC_QUESTION, list(label_words)]
+    keys = [
+        "causal-lm",
+        "calibrated",
+        tokenizer.chat_template,
+        tokenizer.eos_token_id,
+        TOPIC_QUESTION,
+        list(label_words),
+    ]
     target = _cache_folder(cache_dir, name, raw, keys, tokenizer, max_length)
     if not (is_saved_dict(target) and manifest_holds(target)):
         with atomic_folder(target, keep_existing=not target.exists()) as tmp:
@@ -193,6 +206,7 @@ def load_lm_task(name: str, dataset_path: str, tokenizer, max_length: int, cache
         identity=dataset_identity(dataset_path, raw["train"]),
         topic_prompts=encoded["topic_prompts"],
         label_words=label_words,
+        topic_baseline=encoded["topic_baseline"],
     )
 
 
@@ -228,7 +242,8 @@ def dataset_logprobs(model, dataset, collate, batch_size: int, accelerator) -> t
 
 
 def topic_predictions(prompts: datasets.Dataset, scores: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, true) topic of every article: the candidate of the largest summed log-probability."""
+    """(predicted, true) topic of every article: the candidate of the largest score (evaluate_lm: its name's
+    summed log-probability as the answer, less the same with no title)."""
     article, candidate = np.asarray(prompts["article"]), np.asarray(prompts["candidate"])
     grid = np.full((int(article.max()) + 1 if len(article) else 0, num_labels), -np.inf)
     grid[article, candidate] = scores
@@ -240,7 +255,9 @@ def topic_predictions(prompts: datasets.Dataset, scores: np.ndarray, num_labels:
 @torch.no_grad()
 def evaluate_lm(model, task: LMTask, batch_size: int, accelerator) -> dict:
     """The metrics of `model` as it is: eval_loss (mean NLL per answer token over the whole validation split),
-    eval_perplexity (its exp), eval_topic_accuracy (topic read from label-word likelihoods), eval_confusion (rows
+    eval_perplexity (its exp), eval_topic_accuracy (topic read from label-word likelihoods, each name's summed
+    log-probability as the answer less its log-probability when the title is left out: a content-free prior, as in
+    contextual calibration; without it the shortest names win whatever the article), eval_confusion (rows
     true topic, columns predicted), eval_runtime and eval_samples_per_second (validation records per second)."""
     from .client import confusion  # client imports the task modules: imported here, not at the top
 
@@ -251,6 +268,8 @@ def evaluate_lm(model, task: LMTask, batch_size: int, accelerator) -> dict:
         validation = task.eval_splits[""]
         logp, counts = dataset_logprobs(model, validation, task.collate_fn, batch_size, accelerator)
         scores, _ = dataset_logprobs(model, task.topic_prompts, task.collate_fn, batch_size, accelerator)
+        prior, _ = dataset_logprobs(model, task.topic_baseline, task.collate_fn, batch_size, accelerator)
+        scores = scores - prior[np.asarray(task.topic_prompts["candidate"])]
     finally:
         model.train(was_training)
     loss = float(-logp.sum() / max(int(counts.sum()), 1))

@@ -199,7 +199,7 @@ class Oracle(nn.Module):
             best = max(
                 self.sequences, key=lambda s: next((i for i, (x, y) in enumerate(zip(s, row)) if x != y), len(s))
             )
-            for t, token in enumerate(best[1:]):
+            for t, token in enumerate(best[1 : len(row)]):
                 logits[b, t, token] = 30.0
         return SimpleNamespace(logits=logits)
 
