@@ -45,7 +45,7 @@ def assets(tmp_path_factory) -> Path:
     return root
 
 
-def fedtune(root: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
+def fedtune(root: Path, out: str, *extra: str, launcher: tuple[str, ...] = (sys.executable,)):
     flags = [
         *("--model_checkpoint", str(root / "fm"), "--task_name", "wiki-qa", "--dataset_path", str(root / "data")),
         *("--method", "pft", "--sub_model_checkpoint", str(root / "sub"), "--align_interval", "2"),
@@ -57,7 +57,7 @@ def fedtune(root: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
         *extra,
     ]
     return subprocess.run(
-        [sys.executable, str(FEDTUNE), *flags], capture_output=True, text=True, env=tiny.subprocess_env(), timeout=600
+        [*launcher, str(FEDTUNE), *flags], capture_output=True, text=True, env=tiny.subprocess_env(), timeout=600
     )
 
 
@@ -75,7 +75,8 @@ def test_fedpft_fine_tunes_a_causal_lm_and_evaluates_the_plugged_in_fm(assets):
     for r in records:
         fm = r["fm"]
         assert fm["eval_perplexity"] == pytest.approx(2.718281828 ** fm["eval_loss"], rel=1e-6)
-        assert 0.0 <= fm["eval_topic_accuracy"] <= 1.0 and sum(map(sum, fm["eval_confusion"])) == len(RECORDS["validation"])
+        assert 0.0 <= fm["eval_topic_accuracy"] <= 1.0
+        assert sum(map(sum, fm["eval_confusion"])) == len(RECORDS["validation"])
     assert records[3]["fm"]["eval_loss"] < records[0]["fm"]["eval_loss"]  # the answers became likelier
     # the round-2 alignment counted inactive positions of the gated FFNs by the threshold, and moved neurons
     assert records[2]["align"]["steps"] > 0
@@ -120,3 +121,22 @@ def test_an_instruction_task_on_an_encoder_is_refused(tmp_path):
 
     with pytest.raises(TaskError, match="wiki-qa is an instruction task for a causal-LM FM"):
         load_text_task("wiki-qa", str(tmp_path), tokenizer=None)
+
+
+def test_two_processes_match_one(assets):
+    """Clients spread over 2 gloo processes with the same effective batch give the 1-process numbers."""
+    one = fedtune(assets, "one", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                  "--align_batch_size", "8")  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "29541")  # fmt: skip
+    two = fedtune(assets, "two", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+                  "--align_batch_size", "4", launcher=launcher)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = metrics(assets, "one"), metrics(assets, "two")
+    assert [r["round"] for r in a] == [r["round"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra["fm"]["eval_loss"] == pytest.approx(rb["fm"]["eval_loss"], rel=1e-4, abs=1e-5)
+        assert ra["fm"]["eval_topic_accuracy"] == rb["fm"]["eval_topic_accuracy"]
+        assert ra.get("clients") == rb.get("clients")
