@@ -1,7 +1,7 @@
 """What a client pays: the FM, the FedPFT sub-FM and the FedOT emulator measured side by side in one run.
 
-For each setting (the paper's shape from a config with random weights, and the real all-mpnet-base-v2 weights when
-the paper-shape asset is installed) it builds the FM, the sub-FM (layers 0 and L-1 whole, the other FFNs cut to
+For each setting (a shape from a family's config with random weights, and real weights: all-mpnet-base-v2 when the
+paper-shape asset is installed, or any model folder given with --weights_from) it builds the FM, the sub-FM (layers 0 and L-1 whole, the other FFNs cut to
 --intermediate_rank by saliency) and the layer-drop emulator, puts the suite's LoRA on each and reports:
 
 - training-step time (forward + backward + AdamW on the LoRA and head), --repeats interleaved steps per model
@@ -10,7 +10,7 @@ the paper-shape asset is installed) it builds the FM, the sub-FM (layers 0 and L
   does: peak RSS on CPU (sampled every millisecond during three steps), torch.cuda.max_memory_allocated on a GPU;
   on CPU with glibc also the peak RSS with freed memory returned to the system (a second process per model with
   MALLOC_MMAP_THRESHOLD_=131072), which follows what the step holds rather than what glibc keeps for reuse;
-- the analytic FLOP ratio to the FM, with its formula;
+- the analytic FLOP ratio to the FM, with its formula, and the FFNs' share of the FM's forward FLOPs;
 - the server-side pieces of a round (aggregation of --clients adapters, plug-in into the FM);
 - with --profile-ops N, where a training step goes: torch.profiler's self CPU time per operator, grouped into
   matrix products (the only work a cut FFN removes), dropout masks and everything else, per model side by side.
@@ -21,6 +21,9 @@ Prints a markdown table per setting and writes JSON (--out) and the markdown bes
     python scripts/benchmark.py --quick               # a smoke run on a small config, under a minute
     python scripts/benchmark.py --device cuda         # on a GPU (memory: CUDA max allocated)
     python scripts/benchmark.py --threads 1 --no-memory --profile-ops 3   # time, then operators of 3 steps each
+    python scripts/benchmark.py --family llama --layers 30 --hidden 576 --ffn 1536 --heads 9 --kv_heads 3 \
+        --vocab 49152 --weights random                # a causal LM of SmolLM2-135M's shape
+    python scripts/benchmark.py --weights real --weights_from pretrain_models/SmolLM2-135M-Instruct
 """
 
 from __future__ import annotations
@@ -45,11 +48,20 @@ MPNET = ROOT / "pretrain_models" / "all-mpnet-base-v2"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", default="roberta", choices=BENCH_FAMILIES, help="family of the random-weight FM")
+    p.add_argument(
+        "--family",
+        default="roberta",
+        choices=BENCH_FAMILIES,
+        help="family of the random-weight FM (a decoder family: a causal LM with its embeddings as LM head)",
+    )
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--ffn", type=int, default=3072)
     p.add_argument("--heads", type=int, default=12)
+    p.add_argument(
+        "--kv_heads", type=int, default=None, help="key/value heads (grouped-query attention; default --heads)"
+    )
+    p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the config class's)")
     p.add_argument("--intermediate_rank", type=int, default=768, help="FFN width of the compressed layers")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128, help="tokens per example (text)")
@@ -61,12 +73,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument(
         "--weights",
-        choices=("auto", "random", "mpnet", "both"),
+        choices=("auto", "random", "real", "mpnet", "both"),
         default="auto",
-        help="random: the config with random weights; mpnet: real all-mpnet-base-v2 weights (--mpnet); "
-        "auto: random, plus mpnet when its folder exists",
+        help="random: the config with random weights; real (or mpnet): the real weights of --weights_from; "
+        "both: the two; auto: random, plus real when its folder exists",
     )
     p.add_argument("--mpnet", type=Path, default=MPNET, help="the paper-shape asset (fetch_assets.sh --paper-shape)")
+    p.add_argument(
+        "--weights_from",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="the model folder of the real-weights setting, any family of the table (default: --mpnet)",
+    )
     p.add_argument("--no-memory", dest="no_memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument(
         "--profile-ops",
@@ -98,9 +117,14 @@ def parse_args(argv=None):
         args.threads = args.threads or 1  # tiny steps on cores that other work shares slow down a hundredfold
         if args.weights == "auto":
             args.weights = "random"
+    args.kv_heads = args.kv_heads or args.heads
     for flag in ("layers", "hidden", "ffn", "heads", "intermediate_rank", "batch", "seq", "lora_rank", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.hidden % args.heads or args.heads % args.kv_heads:
+        p.error(f"--hidden ({args.hidden}) must split into --heads ({args.heads}), and those into --kv_heads")
+    if args.vocab is not None and args.vocab < 6:
+        p.error(f"--vocab must be at least 6 (token ids 0-4 are left to special tokens), got {args.vocab}")
     if args.layers < 3:
         p.error(f"--layers must be at least 3 (two whole layers and one compressed), got {args.layers}")
     if not 1 <= args.intermediate_rank <= args.ffn:
@@ -111,8 +135,11 @@ def parse_args(argv=None):
         p.error("--profile-ops reports self CPU time: use it with --device cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no GPU here")
-    if args.weights == "mpnet" and not (args.mpnet / "config.json").is_file():
-        p.error(f"--weights mpnet: {args.mpnet} is missing; install it with bash scripts/fetch_assets.sh --paper-shape")
+    args.weights = "real" if args.weights == "mpnet" else args.weights
+    args.weights_from = args.weights_from or args.mpnet
+    if args.weights == "real" and not (args.weights_from / "config.json").is_file():
+        hint = "" if args.weights_from != MPNET else "; install it with bash scripts/fetch_assets.sh --paper-shape"
+        p.error(f"--weights real: {args.weights_from} holds no config.json{hint}")
     return args
 
 
@@ -125,12 +152,12 @@ def main(argv=None) -> int:
         return 0
     settings = {
         "random": ["random"],
-        "mpnet": ["mpnet"],
-        "both": ["random", "mpnet"],
-        "auto": ["random", "mpnet"] if (args.mpnet / "config.json").is_file() else ["random"],
+        "real": ["real"],
+        "both": ["random", "real"],
+        "auto": ["random", "real"] if (args.weights_from / "config.json").is_file() else ["random"],
     }[args.weights]
     if args.weights == "auto" and settings == ["random"] and not args.quick:
-        print(f"(real weights skipped: {args.mpnet} is missing; bash scripts/fetch_assets.sh --paper-shape)")
+        print(f"(real weights skipped: {args.weights_from} is missing; bash scripts/fetch_assets.sh --paper-shape)")
     started = time.perf_counter()
 
     def progress(message: str) -> None:

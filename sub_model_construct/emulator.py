@@ -18,6 +18,15 @@ def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
     setattr(owner, child, new)
 
 
+def renumber(layers: nn.ModuleList) -> None:
+    """Give kept layers their new positions where a module records its own (a decoder's attention indexes its KV
+    cache by `layer_idx`: a kept FM layer 11 of a 7-layer emulator would look past the cache's end)."""
+    for j, layer in enumerate(layers):
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = j
+
+
 def uniform_drop_plan(n_layers: int, adapter_bottom: int, adapter_top: int, emulator_layers: int) -> list[int]:
     """FedOT layer plan (spec §4.13, an assumption): bottom/top adapter layers kept, `emulator_layers` of the middle
     layers chosen uniformly (every k-th layer). Returns the FM indices kept, ascending."""
@@ -48,6 +57,7 @@ def build_layer_drop_emulator(
     layers = encoder_layers(sub, family)
     widths = [family.ffn.width(layers[i]) for i in kept]
     new_layers = nn.ModuleList([layers[i] for i in kept])
+    renumber(new_layers)
     _replace(backbone(sub), family.layers, new_layers)
     targets = [(kept[j + 1] - 1) if j + 1 < len(kept) else n - 1 for j in range(len(kept))]
     sub.config.num_hidden_layers = len(kept)

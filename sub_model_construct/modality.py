@@ -44,14 +44,33 @@ class Modality:
     def check_limits(self, config, block: tuple[str, int] | None, image_size: int | None) -> None:
         """Ranges that depend on the FM: `block` = (flag, tokens) of public-corpus blocks, `image_size` of crops."""
 
-    def config_shape(self, image_size: int) -> dict:
-        """Config fields of a random-weight FM of this modality beyond the layer shape (the benchmark's)."""
-        return {}
+    def head_labels(self, num_labels: int) -> dict:
+        """What the head class is built with in the benchmark: a classifier's labels."""
+        return {"num_labels": num_labels}
 
-    def random_inputs(self, batch: int, seq: int, image_size: int, generator: torch.Generator) -> dict:
-        """A batch of random model inputs: token ids of `seq` positions, or RGB images of `image_size` pixels."""
-        ids = torch.randint(5, 1000, (batch, seq), generator=generator)
+    def config_shape(self, image_size: int, num_labels: int) -> dict:
+        """Config fields of a random-weight FM of this modality beyond the layer shape (the benchmark's)."""
+        return self.head_labels(num_labels)
+
+    def head_width(self, config) -> int:
+        """Outputs per token of the head, for the benchmark's FLOPs: 0 for a classifier, whose head reads one token
+        per example (negligible next to the layers)."""
+        return 0
+
+    def random_inputs(
+        self, batch: int, seq: int, image_size: int, generator: torch.Generator, vocab: int = 1000
+    ) -> dict:
+        """A batch of random model inputs: token ids of `seq` positions below `vocab` (0-4 left to special tokens),
+        or RGB images of `image_size` pixels."""
+        ids = torch.randint(5, min(1000, vocab), (batch, seq), generator=generator)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def random_batch(
+        self, batch: int, seq: int, image_size: int, num_labels: int, generator: torch.Generator, vocab: int = 1000
+    ) -> dict:
+        """Random inputs with their labels: a class per example (a classifier's)."""
+        labels = torch.randint(0, num_labels, (batch,), generator=generator)
+        return {**self.random_inputs(batch, seq, image_size, generator, vocab), "labels": labels}
 
     def load_corpus(self, s, config) -> Corpus:
         """The public corpus for layer-level distillation (DistillSettings `s`), refused with one line."""
@@ -107,12 +126,30 @@ class CausalLM(Text):
     def command_line(self) -> Modality:
         return TEXT
 
+    def head_labels(self, num_labels: int) -> dict:
+        return {}  # the LM head is the FM's own: no classes
+
+    def config_shape(self, image_size: int, num_labels: int) -> dict:
+        return {"tie_word_embeddings": True}  # the decoder rows' LM head is the input embeddings (families.py)
+
+    def head_width(self, config) -> int:
+        return config.vocab_size  # the LM head scores every token against the vocabulary
+
+    def random_batch(
+        self, batch: int, seq: int, image_size: int, num_labels: int, generator: torch.Generator, vocab: int = 1000
+    ) -> dict:
+        """Random token ids, labelled with themselves (the model shifts them: next-token prediction)."""
+        inputs = self.random_inputs(batch, seq, image_size, generator, vocab)
+        return {**inputs, "labels": inputs["input_ids"].clone()}
+
 
 class Image(Modality):
-    def config_shape(self, image_size: int) -> dict:
-        return {"image_size": image_size}
+    def config_shape(self, image_size: int, num_labels: int) -> dict:
+        return {**self.head_labels(num_labels), "image_size": image_size}
 
-    def random_inputs(self, batch: int, seq: int, image_size: int, generator: torch.Generator) -> dict:
+    def random_inputs(
+        self, batch: int, seq: int, image_size: int, generator: torch.Generator, vocab: int = 1000
+    ) -> dict:
         return {"pixel_values": torch.randn(batch, 3, image_size, image_size, generator=generator)}
 
     def check_limits(self, config, block: tuple[str, int] | None, image_size: int | None) -> None:

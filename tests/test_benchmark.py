@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from federated_proxy_finetuning.bench import flops, models, timing
 from federated_proxy_finetuning.bench.memory import glibc
@@ -94,7 +95,7 @@ def test_operator_profile_is_cpu_only(capsys):
 def test_random_fm_comes_from_the_family_row():
     from sub_model_construct.families import FAMILIES, encoder_layers
 
-    assert "llama" not in models.BENCH_FAMILIES and {"roberta", "vit"} <= set(models.BENCH_FAMILIES)
+    assert {"roberta", "vit", "llama"} <= set(models.BENCH_FAMILIES)
     vit = models.random_fm(FAMILIES["vit"], 3, 32, 64, 2, num_labels=2, image_size=32)
     assert type(vit).__name__ == "ViTForImageClassification" and vit.config.image_size == 32
     assert [FAMILIES["vit"].ffn.width(layer) for layer in encoder_layers(vit, FAMILIES["vit"])] == [64] * 3
@@ -102,3 +103,56 @@ def test_random_fm_comes_from_the_family_row():
     assert vit(**batch).logits.shape == (2, 2)
     with pytest.raises(ValueError, match="does not take this shape"):  # DistilBERT's config ignores intermediate_size
         models.random_fm(FAMILIES["distilbert"], 3, 32, 64, 2, num_labels=2, image_size=224)
+
+
+def test_tiny_causal_lm_gives_the_gated_flop_ratios(tmp_path):
+    """A llama shape with grouped-query attention runs as a causal LM (labels = its token ids) and its FLOP ratios
+    are the gated formula's: 3 FFN matrices per neuron, keys and values of width d·kv/heads, an LM head V·d."""
+    out = tmp_path / "llm.json"
+    argv = "--family llama --layers 4 --hidden 32 --ffn 64 --heads 4 --kv_heads 2 --vocab 100 --intermediate_rank 16"
+    argv += " --batch 2 --seq 8 --repeats 1 --weights random --threads 1 --no-memory"
+    assert benchmark.main([*argv.split(), "--out", str(out)]) == 0
+    (setting,) = json.loads(out.read_text())["settings"]
+    shape, rows = setting["shape"], setting["models"]
+    assert (shape["kv_dim"], shape["ffn_matrices"], shape["head_width"], shape["emulator_layers"]) == (16, 3, 100, 3)
+    # per token: attention 2·32² + 2·32·16 + 2·8·32 = 3584, FFN 3·32·64 = 6144 a layer; LM head 100·32 = 3200
+    fm = 4 * (3584 + 6144) + 3200  # 42112
+    sub = 4 * 3584 + 2 * 6144 + 2 * 3 * 32 * 16 + 3200  # 32896: two whole FFNs, two cut to 16 neurons
+    emulator = 3 * (3584 + 6144) + 3200  # 32384
+    assert rows["sub"]["flop_ratio_to_fm"] == pytest.approx(sub / fm)
+    assert rows["emulator"]["flop_ratio_to_fm"] == pytest.approx(emulator / fm)
+    assert shape["ffn_share_of_fm_flops"] == pytest.approx(4 * 6144 / fm)
+    assert rows["sub"]["encoder_layer_parameters"] < rows["fm"]["encoder_layer_parameters"]
+    assert "of the FM's forward FLOPs" in out.with_suffix(".md").read_text()
+
+
+def test_causal_lm_batches_and_models_come_from_the_modality():
+    from sub_model_construct.families import FAMILIES
+
+    llama = models.random_fm(FAMILIES["llama"], 3, 32, 64, 4, num_labels=2, image_size=224, kv_heads=2, vocab=100)
+    assert type(llama).__name__ == "LlamaForCausalLM" and llama.config.tie_word_embeddings
+    assert llama.config.vocab_size == 100 and models.key_width(llama, FAMILIES["llama"]) == 16
+    batch = models.batch_for(FAMILIES["llama"], 2, 8, 224, 2, vocab=100)
+    assert torch.equal(batch["labels"], batch["input_ids"]) and int(batch["input_ids"].max()) < 100
+    assert llama(**batch).logits.shape == (2, 8, 100)
+    with pytest.raises(ValueError, match="does not take this shape"):  # an encoder has no grouped-query attention
+        models.random_fm(FAMILIES["roberta"], 3, 32, 64, 4, num_labels=2, image_size=224, kv_heads=2)
+
+
+def test_real_weights_come_from_any_model_folder(tmp_path, capsys):
+    """--weights_from takes a causal LM folder (its own head, no labels); --weights mpnet still names that setting."""
+    from sub_model_construct.families import FAMILIES
+
+    folder = tmp_path / "lm"
+    models.random_fm(
+        FAMILIES["qwen2"], 3, 32, 64, 4, num_labels=2, image_size=224, kv_heads=2, vocab=100
+    ).save_pretrained(folder)
+    out = tmp_path / "real.json"
+    argv = "--intermediate_rank 16 --batch 2 --seq 8 --repeats 1 --threads 1 --no-memory --weights mpnet"
+    assert benchmark.main([*argv.split(), "--weights_from", str(folder), "--out", str(out)]) == 0
+    (setting,) = json.loads(out.read_text())["settings"]
+    assert setting["setting"] == "real" and setting["family"] == "qwen2" and str(folder) in setting["source"]
+    assert (setting["shape"]["kv_dim"], setting["shape"]["head_width"]) == (16, 100)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--weights", "real", "--weights_from", str(tmp_path / "none")])
+    assert "holds no config.json" in capsys.readouterr().err

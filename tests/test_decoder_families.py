@@ -140,6 +140,18 @@ def test_save_and_load_round_trip(tmp_path, name):
     assert torch.equal(lm.lm_head.weight, sub.embed_tokens.weight)
 
 
+def test_an_emulator_built_in_memory_runs_with_a_kv_cache():
+    """Kept layers take their new positions: the emulator's last layer (FM layer 3 of 3 kept) indexes the KV cache
+    at 2, as the same emulator saved and loaded does."""
+    from sub_model_construct.emulator import build_layer_drop_emulator
+
+    emulator = build_layer_drop_emulator(causal_lm("llama"), 1, 1, 1)
+    assert [layer.self_attn.layer_idx for layer in encoder_layers(emulator, FAMILIES["llama"])] == [0, 1, 2]
+    with torch.no_grad():
+        out = emulator(input_ids=token_blocks(), use_cache=True)
+    assert out.logits.shape == (2, 8, VOCAB)
+
+
 # ----------------------------------------------------------------------------------------------- saliency
 @pytest.mark.parametrize("name", NAMES)
 def test_activation_saliency_by_hand(name):

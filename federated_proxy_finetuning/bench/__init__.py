@@ -3,7 +3,8 @@ scripts/profile_round.py are the command lines over it.
 
 - models.py: the benchmark's models, built from the family table: a random-weight FM of a given shape, the client
   models (LoRA on the layers each method tunes) and a batch of the family's modality
-- flops.py: the analytic FLOP ratios of the sub-FM and the emulator to the FM
+- flops.py: the analytic FLOP ratios of the sub-FM and the emulator to the FM (encoders and decoder LMs), and the
+  FFNs' share of the FM's FLOPs
 - timing.py: timed training steps and eval forwards, interleaved across models; torch.profiler's operators by group
 - memory.py: the peak memory of one client's training step, each model in a fresh process
 - setting.py: one benchmark setting (FM, sub-FM, emulator) measured side by side, with the server's part of a round

@@ -18,7 +18,7 @@ import torch
 from sub_model_construct.families import family_of
 from sub_model_construct.sub_model_io import load_sub_model
 
-from .models import batch_for, client_model, head_class
+from .models import batch_for, client_model, head_class, vocab_of
 from .timing import client_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,14 +73,16 @@ def memory_child(spec: dict) -> dict:
     family = family_of(spec["family"])
     heads = head_class(spec["head"])
     imports = PeakRSS.current_rss()  # the runtime (python, torch, transformers) before any model exists
+    labels = family.modality.head_labels(2)  # a classifier's two classes; nothing for a causal LM's own head
     if spec["kind"] == "sub_model":
-        model = load_sub_model(spec["path"], heads, num_labels=2)
+        model = load_sub_model(spec["path"], heads, **labels)
     else:
-        model = heads.from_pretrained(spec["path"], num_labels=2)
+        model = heads.from_pretrained(spec["path"], **labels)
+    vocab = vocab_of(model.config)
     model = client_model(spec["key"], model, family, spec["lora_rank"]).to(device)
     model.train()
     optimizer = client_optimizer(model)
-    batch = batch_for(family, spec["batch"], spec["seq"], spec["image_size"], 2, device)
+    batch = batch_for(family, spec["batch"], spec["seq"], spec["image_size"], 2, device, vocab)
     out = {"parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()), "imports_bytes": imports}
     out.update(step_peak(model, batch, optimizer, device))
     return out

@@ -31,6 +31,8 @@ def markdown(result: dict) -> str:
             f"{sh['intermediate_rank']} in {sh['layers'] - 2} layers; emulator {sh['emulator_layers']} layers; "
             f"batch {sh['batch']} × {sh['seq']} tokens; LoRA r={sh['lora_rank']})",
             "",
+            flop_shape_text(sh),
+            "",
             "| model | encoder-layer params | train step s (min / median / max) | ratio to FM | FLOP ratio | "
             "eval forward s (median) | ratio to FM | peak memory | ratio to FM | peak above the runtime (ratio) | "
             "peak, freed memory returned (ratio) | above the runtime (ratio) |",
@@ -41,6 +43,15 @@ def markdown(result: dict) -> str:
         if "operators" in s:
             lines += operator_markdown(s["operators"], s["models"])
     return "\n".join(lines) + "\n"
+
+
+def flop_shape_text(sh: dict) -> str:
+    """The sentence above a setting's table: what its FLOP ratios count and the FFNs' share of the FM's FLOPs."""
+    head = f", an LM head over {sh['head_width']:,} tokens" if sh["head_width"] else ""
+    return (
+        f"FLOPs counted with d_kv = {sh['kv_dim']}, m = {sh['ffn_matrices']} FFN matrices per neuron{head}: the FFNs "
+        f"are **{sh['ffn_share_of_fm_flops']:.1%}** of the FM's forward FLOPs, the most an FFN cut can remove."
+    )
 
 
 def model_line(row: dict) -> str:

@@ -16,7 +16,7 @@ from sub_model_construct.families import FAMILIES, encoder_layers
 from sub_model_construct.sub_model import build_sub_model, encoder_layer_parameters
 from sub_model_construct.sub_model_io import save_sub_model
 
-from .flops import flop_ratios
+from .flops import ffn_share, flop_ratios
 from .memory import RETURNED_ENV, glibc, measure_memory
 from .models import (
     MODELS,
@@ -24,8 +24,10 @@ from .models import (
     client_model,
     emulator_middle_layers,
     head_name,
+    key_width,
     pretrained_fm,
     random_fm,
+    vocab_of,
 )
 from .timing import interleaved_times, operator_profile
 
@@ -33,14 +35,36 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def setting_fm(name: str, args):
-    """(FM, its family row, the setting's source in words): random weights of the flags' shape, or real weights."""
+    """(FM, its family row, the setting's source in words): random weights of the flags' shape, or the real weights
+    of the folder --weights_from (by default --mpnet's)."""
     if name == "random":
         family = FAMILIES[args.family]
-        fm = random_fm(family, args.layers, args.hidden, args.ffn, args.heads, 2, args.image_size)
+        fm = random_fm(
+            family, args.layers, args.hidden, args.ffn, args.heads, 2, args.image_size, args.kv_heads, args.vocab
+        )
         return fm, family, f"{family.name} config, random weights"
-    fm, family = pretrained_fm(str(args.mpnet), num_labels=2)
-    where = args.mpnet.relative_to(ROOT) if args.mpnet.is_relative_to(ROOT) else args.mpnet
+    folder = args.weights_from
+    fm, family = pretrained_fm(str(folder), num_labels=2)
+    where = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
     return fm, family, f"real weights: {where}"
+
+
+def setting_flops(fm, family, args, emulator_layers: int) -> tuple[dict, dict]:
+    """(FLOP ratios to the FM, the shape they were computed for): the FM's FFN width, key width and head read from
+    its modules and config."""
+    shape = {
+        "layers": fm.config.num_hidden_layers,
+        "hidden": fm.config.hidden_size,
+        "ffn": family.ffn.width(encoder_layers(fm, family)[0]),
+        "kv_dim": key_width(fm, family),
+        "ffn_matrices": len(family.ffn.inputs) + 1,
+        "head_width": family.modality.head_width(fm.config),
+    }
+    common = {"kv_dim": shape["kv_dim"], "ffn_matrices": shape["ffn_matrices"], "vocab": shape["head_width"]}
+    L, hidden, ffn = shape["layers"], shape["hidden"], shape["ffn"]
+    flops = flop_ratios(L, hidden, ffn, args.intermediate_rank, 2, args.seq, emulator_layers, **common)
+    shape["ffn_share_of_fm_flops"] = ffn_share(L, hidden, ffn, args.seq, **common)
+    return flops, shape
 
 
 def run_setting(name: str, args, device: str, progress) -> dict:
@@ -54,12 +78,11 @@ def run_setting(name: str, args, device: str, progress) -> dict:
         "emulator": build_layer_drop_emulator(fm, 1, 1, emulator_middle_layers(L)),
     }
     emulator_layers = models["emulator"].config.num_hidden_layers
-    hidden, ffn = fm.config.hidden_size, family.ffn.width(encoder_layers(fm, family)[0])
-    flops = flop_ratios(L, hidden, ffn, args.intermediate_rank, 2, args.seq, emulator_layers)
+    flops, flop_shape = setting_flops(fm, family, args, emulator_layers)
     params = {k: encoder_layer_parameters(m) for k, m in models.items()}  # before LoRA goes into them
     memory = {} if args.no_memory else measure_memories(name, args, models, family, device, progress)
     clients = {k: client_model(k, m, family, args.lora_rank).to(device) for k, m in models.items()}
-    batch = batch_for(family, args.batch, args.seq, args.image_size, 2, device)
+    batch = batch_for(family, args.batch, args.seq, args.image_size, 2, device, vocab_of(fm.config))
     times = interleaved_times(clients, batch, args.repeats, device, lambda m: progress(f"{name}: {m}"))
     operators = (
         operator_profile(clients, batch, args.profile_ops, lambda m: progress(f"{name}: {m}"))
@@ -69,9 +92,7 @@ def run_setting(name: str, args, device: str, progress) -> dict:
     server = server_pieces(clients, args.clients)
     rows = model_rows(models, params, flops, times, memory, device)
     shape = {
-        "layers": L,
-        "hidden": hidden,
-        "ffn": ffn,
+        **flop_shape,
         "intermediate_rank": args.intermediate_rank,
         "emulator_layers": emulator_layers,
         "batch": args.batch,
@@ -101,7 +122,7 @@ def measure_memories(name: str, args, models: dict, family, device: str, progres
                 if name == "random":
                     model.save_pretrained(path)
                 else:
-                    path = args.mpnet
+                    path = args.weights_from
                 kind = "pretrained"
             else:
                 save_sub_model(model, path)
