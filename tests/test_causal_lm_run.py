@@ -45,8 +45,8 @@ def assets(tmp_path_factory) -> Path:
     return root
 
 
-def fedtune(root: Path, out: str, *extra: str, launcher: tuple[str, ...] = (sys.executable,)):
-    flags = [
+def fedtune_flags(root: Path, out: str, *extra: str) -> list[str]:
+    return [
         *("--model_checkpoint", str(root / "fm"), "--task_name", "wiki-qa", "--dataset_path", str(root / "data")),
         *("--method", "pft", "--sub_model_checkpoint", str(root / "sub"), "--align_interval", "2"),
         *("--num_clients", "2", "--proportion", "1.0", "--num_rounds", "3", "--max_length", "96"),
@@ -56,9 +56,13 @@ def fedtune(root: Path, out: str, *extra: str, launcher: tuple[str, ...] = (sys.
         *tiny.align_flags(root / "corpus.txt"),
         *extra,
     ]
+
+
+def fedtune(root: Path, out: str, *extra: str, launcher: tuple[str, ...] = (sys.executable,)):
     return subprocess.run(
-        [*launcher, str(FEDTUNE), *flags], capture_output=True, text=True, env=tiny.subprocess_env(), timeout=600
-    )
+        [*launcher, str(FEDTUNE), *fedtune_flags(root, out, *extra)],
+        capture_output=True, text=True, env=tiny.subprocess_env(), timeout=600,
+    )  # fmt: skip
 
 
 def metrics(root: Path, out: str) -> list[dict]:
@@ -140,3 +144,27 @@ def test_two_processes_match_one(assets):
         assert ra["fm"]["eval_loss"] == pytest.approx(rb["fm"]["eval_loss"], rel=1e-4, abs=1e-5)
         assert ra["fm"]["eval_topic_accuracy"] == rb["fm"]["eval_topic_accuracy"]
         assert ra.get("clients") == rb.get("clients")
+
+
+def test_a_flower_deployment_gives_the_simulations_numbers(assets):
+    """A SuperLink and 2 SuperNodes as separate processes, each SuperNode sent the tiny LLaMA sub-FM at first contact:
+    the same numbers as fedtune.py's simulation."""
+    pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install -e '.[flower]')")
+    from tests.test_flower import _free_port_block
+
+    simulated = fedtune(assets, "sim")
+    assert simulated.returncode == 0, simulated.stderr[-3000:]
+    env = {**tiny.subprocess_env(), "PY": sys.executable, "FLOWER_WORK": str(assets / "flower-work")}
+    flags = fedtune_flags(assets, "flower")
+    command = ["bash", str(ROOT / "scripts" / "flower_local.sh"), "--supernodes", "2", "--engine", "deployment"]
+    command += ["--base-port", str(_free_port_block()), "--", *flags]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    logs = "".join(p.read_text()[-1500:] for p in (assets / "flower-work").glob("*.log"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs
+    a, b = metrics(assets, "sim"), metrics(assets, "flower")
+    assert [r["round"] for r in b] == [0, 1, 2, 3] and [r["aligned"] for r in b] == [False, False, True, False]
+    for ra, rb in zip(a, b):
+        assert ra["fm"]["eval_loss"] == pytest.approx(rb["fm"]["eval_loss"], rel=1e-5)
+        assert ra["fm"]["eval_topic_accuracy"] == rb["fm"]["eval_topic_accuracy"]
+        if ra["round"]:
+            assert (ra["bytes_sent"], ra["bytes_received"]) == (rb["bytes_sent"], rb["bytes_received"])
