@@ -97,6 +97,7 @@ class ClientState:
             config = AutoConfig.for_model(values.pop("model_type"), **values)
             model = sub_model_from_config(config, head) if is_sub_model_config(config) else head.from_config(config)
             load_backbone_state(backbone(model), state_of(stored["client_model"]), source="the shipped client model")
+        self.modality.prepare(model)
         return client_with_lora(self.settings, model).to(self.accelerator.device)
 
 

@@ -33,6 +33,9 @@ class Modality(construction.Modality):
         """What the head class is built with: the task's labels (a classification head is new)."""
         return {"num_labels": task.num_labels, "id2label": task.id2label, "label2id": task.label2id}
 
+    def prepare(self, model) -> None:
+        """Settings of a built FM or client model for this modality's runs (nothing for a classifier)."""
+
     def load_task(self, settings: FedSettings, preprocessor, fm_config) -> TaskData:
         raise NotImplementedError
 
@@ -82,6 +85,9 @@ class CausalLM(Text, construction.CausalLM):
 
     def head_kwargs(self, task: TaskData) -> dict:
         return {}  # the LM head is the FM's own (tied to the input embeddings where the family ties them)
+
+    def prepare(self, model) -> None:
+        model.config.use_cache = False  # training and scoring never decode: no key/value cache to build
 
 
 class Image(Modality, construction.Image):

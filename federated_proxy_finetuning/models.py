@@ -84,12 +84,14 @@ def build_models(s: FedSettings, modality: Modality, task, fm_config):
     torch.manual_seed(s.seed)  # the FM's new head and LoRA init become the initial global adapter (spec §4.4)
     new_modules = (*(f"{head}." for head in family.head), "pooler.")  # initialised here, not read from the FM
     fm = reads.pretrained(modality.head_class(), s.model_checkpoint, new_modules, **labels)
+    modality.prepare(fm)
     fm_params = encoder_layer_parameters(fm)  # counted before LoRA is injected: the tables' "Params"
     n = fm_config.num_hidden_layers
     if not s.kind.client.reads_folder:  # the clients train the FM itself
         fm_peft = with_lora(fm, family, range(n), **lora_options(s))
         return fm_peft, fm_peft, LayerRenamer(family, list(range(n))), [], fm_params, fm_params
     sub = client_backbone(s, fm, modality.head_class(), labels)
+    modality.prepare(sub)
     sub_config = backbone(sub).config
     layer_map = list(sub_config.layer_map)
     tuned = tuned_layers(s, sub_config)

@@ -230,6 +230,10 @@ def test_a_causal_lm_runs_on_the_text_command_line_with_its_own_modality():
     assert family.name == "llama" and modality is CAUSAL_LM and modality.head == "AutoModelForCausalLM"
     with pytest.raises(UsageError, match="causal LM model .*use fedtune.py"):
         fm_family(s, MODALITIES["image"], tiny_config("llama"))
+    model = causal_lm("llama")
+    assert model.config.use_cache
+    modality.prepare(model)  # training and scoring never decode: no key/value cache is built
+    assert model.config.use_cache is False
 
 
 def test_a_gated_ffn_counts_activations_below_the_threshold_as_inactive():
