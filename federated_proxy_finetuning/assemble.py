@@ -34,14 +34,8 @@ from .results import RunFolder
 from .sampling import sample_schedule
 from .server import Federation, Server
 from .settings import FedSettings
-from .tasks import seeded_rows
 
 logger = logging.getLogger(__name__)
-
-
-def seeded_subset(dataset, count: int, seed: int):
-    """`count` rows drawn at random (seeded), in their original row order."""
-    return dataset.select(seeded_rows(len(dataset), count, seed))
 
 
 def local_training_rows(rows: list[int], share: float, seed: int) -> list[int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, fetch, steps_for, to_device, train
+from sub_model_construct.train_loop import NonFiniteLossError, OptimConfig, over_batches, steps_for, train
 
 from .adapters import adapter_state, load_adapter
 from .align import counting_zero_activations
@@ -151,23 +151,18 @@ def compute_metrics(preds: np.ndarray, labels: np.ndarray, metric_names: Sequenc
 def predict(model, dataset, collate, batch_size: int, accelerator) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(predictions, labels, mean loss, seconds) of `model` on `dataset`; batches are spread over processes and
     gathered back in order."""
-    from accelerate.utils import gather_object
-
     started = time.perf_counter()
     was_training = model.training
     model.eval()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = []
-    for b in list(range(0, len(dataset), batch_size))[rank::world]:
-        batch = to_device(collate(fetch(dataset, range(b, min(b + batch_size, len(dataset))))), accelerator.device)
-        out = model(**batch)
-        labels = batch["labels"]
-        mine.append((b, out.logits.argmax(-1).cpu().numpy(), labels.cpu().numpy(), out.loss.item() * len(labels)))
-    everything = gather_object(mine) if world > 1 else mine
-    everything.sort(key=lambda item: item[0])
+
+    def step(batch):
+        out, labels = model(**batch), batch["labels"]
+        return out.logits.argmax(-1).cpu().numpy(), labels.cpu().numpy(), out.loss.item() * len(labels)
+
+    everything = over_batches(dataset, collate, batch_size, accelerator, step)
     model.train(was_training)
-    preds = np.concatenate([p for _, p, _, _ in everything]) if everything else np.array([])
-    labels = np.concatenate([y for _, _, y, _ in everything]) if everything else np.array([])
+    preds = np.concatenate([p for p, _, _ in everything]) if everything else np.array([])
+    labels = np.concatenate([y for _, y, _ in everything]) if everything else np.array([])
     loss = sum(s for *_, s in everything) / max(len(labels), 1)
     return preds, labels, loss, time.perf_counter() - started
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import datasets
 from sub_model_construct.io import atomic_folder
 from sub_model_construct.reads import manifest_holds, reading, write_manifest
-from sub_model_construct.train_loop import fetch, to_device
+from sub_model_construct.train_loop import over_batches
 
 from .tasks import (
     LM_TASKS,
@@ -225,20 +225,16 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 @torch.no_grad()
 def dataset_logprobs(model, dataset, collate, batch_size: int, accelerator) -> tuple[np.ndarray, np.ndarray]:
     """sequence_logprobs of every row, in the rows' order; batches are spread over processes and gathered back."""
-    from accelerate.utils import gather_object
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = []
-    for b in list(range(0, len(dataset), batch_size))[rank::world]:
-        batch = to_device(collate(fetch(dataset, range(b, min(b + batch_size, len(dataset))))), accelerator.device)
+    def step(batch):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp, count = sequence_logprobs(logits, batch["labels"])
-        mine.append((b, logp.double().cpu().numpy(), count.cpu().numpy()))
-    everything = gather_object(mine) if world > 1 else mine
-    everything.sort(key=lambda item: item[0])
+        return logp.double().cpu().numpy(), count.cpu().numpy()
+
+    everything = over_batches(dataset, collate, batch_size, accelerator, step)
     if not everything:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate([lp for _, lp, _ in everything]), np.concatenate([c for *_, c in everything])
+    return np.concatenate([lp for lp, _ in everything]), np.concatenate([c for _, c in everything])
 
 
 def topic_predictions(prompts: datasets.Dataset, scores: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -111,6 +111,20 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def over_batches(dataset, collate, batch_size: int, accelerator, step) -> list:
+    """`step(batch)` of every batch of `dataset` (on the accelerator's device), the batches spread over the processes
+    and the results gathered back in the dataset's order: data-parallel evaluation."""
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = []
+    for b in list(range(0, len(dataset), batch_size))[rank::world]:
+        batch = to_device(collate(fetch(dataset, range(b, min(b + batch_size, len(dataset))))), accelerator.device)
+        mine.append((b, step(batch)))
+    everything = gather_object(mine) if world > 1 else mine
+    return [result for _, result in sorted(everything, key=lambda item: item[0])]
+
+
 def _all_reduce_grads(params: Sequence[nn.Parameter], accelerator) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")

@@ -210,7 +210,10 @@ def test_resume_gives_the_uninterrupted_metrics(assets, tmp_path):
 
 def test_max_eval_samples_is_a_seeded_random_subset():
     import datasets
-    from federated_proxy_finetuning.assemble import seeded_subset
+    from federated_proxy_finetuning.tasks import seeded_rows
+
+    def seeded_subset(dataset, count: int, seed: int):  # what TaskData.subset_eval keeps of an eval split
+        return dataset.select(seeded_rows(len(dataset), count, seed))
 
     ordered = datasets.Dataset.from_dict({"label": [0] * 50 + [1] * 50, "row": list(range(100))})  # label-grouped
     first = seeded_subset(ordered, 20, seed=1)
