@@ -100,6 +100,9 @@ class FedSettings:
     )
     pre_sample: bool = option(True, "draws come from one seeded stream either way")
     eval_interval: int = option(1, "evaluate every k rounds (and rounds 0 and R)", valid=NON_NEGATIVE)
+    eval_round_zero: bool = option(
+        True, "evaluate the untrained model at round 0 (the same model for every method and partition of a seed)"
+    )
     output_root: str = option("./fed-result", "where run folders are written")
     learning_rate: float = option(2e-5, "client learning rate eta0", valid=POSITIVE)
     lr_scheduler_type: int = option(0, "across-round schedule (spec §4.8)", choices=(-1, 0, 1, 2))
@@ -144,6 +147,8 @@ class FedSettings:
 
     def evaluates_in(self, round_index: int) -> bool:
         interval = self.eval_interval
+        if round_index == 0:
+            return interval > 0 and self.eval_round_zero
         return interval > 0 and (round_index % interval == 0 or round_index == self.num_rounds)
 
     @cached_property

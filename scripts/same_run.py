@@ -26,6 +26,7 @@ IGNORED = frozenset(
     {
         "eval_interval",
         "eval_sub_model",
+        "eval_round_zero",
         "output_root",
         "task_root",
         "cache_dir",

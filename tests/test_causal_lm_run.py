@@ -168,3 +168,29 @@ def test_a_flower_deployment_gives_the_simulations_numbers(assets):
         assert ra["fm"]["eval_topic_accuracy"] == rb["fm"]["eval_topic_accuracy"]
         if ra["round"]:
             assert (ra["bytes_sent"], ra["bytes_received"]) == (rb["bytes_sent"], rb["bytes_received"])
+
+
+@pytest.mark.parametrize("method", ["fedot", "peft"])
+def test_the_baselines_run_on_a_causal_lm(assets, method):
+    """FedOT on a layer-drop emulator (layers 0 and 3 kept as adapters, 1 of the 2 middle layers emulated) and
+    FedPETuning (LoRA on the full FM) through the same code: rounds, plug-in evaluation, honest bytes."""
+    from sub_model_construct.emulator import build_layer_drop_emulator
+
+    extra = ["--method", method]
+    if method == "fedot":
+        emulator = build_layer_drop_emulator(AutoModelForCausalLM.from_pretrained(assets / "fm"), 1, 1, 1)
+        save_sub_model(emulator, assets / "emulator")
+        extra += ["--sub_model_checkpoint", str(assets / "emulator")]
+    done = fedtune(assets, method, *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = metrics(assets, method)
+    assert [r["round"] for r in records] == [0, 1, 2, 3] and not any(r["aligned"] for r in records)
+    assert records[3]["fm"]["eval_loss"] < records[0]["fm"]["eval_loss"]
+    (checkpoint,) = (assets / method).glob("*/*/*/server/checkpoint-round3")
+    from safetensors.torch import load_file
+
+    keys = load_file(str(checkpoint / "adapter_model.safetensors"))
+    layers = {int(k.split("layers.")[1].split(".")[0]) for k in keys}
+    # FedOT tunes the adapter layers only (FM layers 0 and 3); FedPETuning every layer
+    assert layers == ({0, 3} if method == "fedot" else {0, 1, 2, 3})
+    assert records[1]["bytes_received"] == 2 * sum(t.numel() * t.element_size() for t in keys.values())

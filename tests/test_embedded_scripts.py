@@ -119,10 +119,12 @@ def test_table2_dirichlet_cells(tmp_path):
     for f in fed:
         setting = cell(f, tmp_path).split("/")[3]
         assert f["--partitioner"] == "dir" and setting == f"dir{f['--dir_alpha']}"
-    assert {f["--eval_interval"] for f in fed} == {"10"}  # rounds 0, 10, 20 and 30
+    # rounds 15 and 30; round 0 is Table 1's of the seed
+    assert {(f["--eval_interval"], f["--eval_round_zero"]) for f in fed} == {("15", "False")}
     # the BBC block (opt-in) keeps the every-5th-round evaluation of its committed runs, unless told otherwise
     bbc = [f for f in runs(dry("table2", tmp_path, BBC="1")) if f["--task_name"].startswith("bbc")]
     assert len(bbc) == 54 and {f["--eval_interval"] for f in bbc} == {"5"}
+    assert all("--eval_round_zero" not in f for f in bbc)
     bbc = [f for f in runs(dry("table2", tmp_path, BBC="1", EVAL_INTERVAL="3")) if f["--task_name"].startswith("bbc")]
     assert {f["--eval_interval"] for f in bbc} == {"3"}
 
@@ -231,6 +233,6 @@ def test_same_run_compares_training_flags_and_paths_by_their_last_two_parts():
 
     here = {"sub_model_checkpoint": "/work/a/results/embedded/models/minilm/sub-distilled", "seed": 1}
     there = {"sub_model_checkpoint": "/home/u/b/results/embedded/models/minilm/sub-distilled", "seed": 1}
-    assert differences({**here, "eval_interval": 1}, {**there, "eval_interval": 5}) == []
+    assert differences({**here, "eval_interval": 1}, {**there, "eval_interval": 5, "eval_round_zero": False}) == []
     assert differences(here, {**there, "sub_model_checkpoint": "/x/minilm/sub-other"}) == ["sub_model_checkpoint"]
     assert differences(here, {**there, "seed": 2, "lora_rank": 8}) == ["lora_rank", "seed"]

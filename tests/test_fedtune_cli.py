@@ -206,6 +206,19 @@ def test_resume_gives_the_uninterrupted_metrics(assets, tmp_path):
     started = fedtune(assets, fresh, *args, "--resume", "auto", "--num_rounds", "4")
     assert started.returncode == 0, started.stderr
     assert [r["round"] for r in metrics(run_dir(fresh, "pft"))] == [0, 1, 2, 3, 4]
+    # evaluating less often, and not the untrained model, changes no evaluated number
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    done = fedtune(assets, sparse, *args, "--eval_interval", "2", "--eval_round_zero", "False")
+    assert done.returncode == 0, done.stderr
+    c = metrics(run_dir(sparse, "pft"))
+    assert [r["round"] for r in c] == [0, 1, 2, 3, 4] and [r["round"] for r in c if "fm" in r] == [2, 4]
+    for ra, rc in zip(a, c):
+        assert ra.get("clients") == rc.get("clients")
+        if "fm" in rc:
+            assert ra["fm"]["eval_loss"] == pytest.approx(rc["fm"]["eval_loss"], abs=1e-6)
+    summary = json.loads((run_dir(sparse, "pft") / "summary.json").read_text())
+    assert summary["final_round"] == 4 and summary["best_round"] in (2, 4)
 
 
 def test_max_eval_samples_is_a_seeded_random_subset():

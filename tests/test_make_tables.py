@@ -611,3 +611,22 @@ def test_committed_pages_are_current(monkeypatch):
     readme = Path("README.md").read_text()
     block = readme_block(root, runs, tables, page.as_posix())
     assert replace_generated(readme, block, "README.md") == readme
+
+
+def test_a_run_that_skips_round_zero(tmp_path):
+    """A Table 2-4 run evaluated at rounds 15 and 30 only (--eval_round_zero False): best and final from those rounds,
+    and the block's settings line says round 0 was not evaluated."""
+    run = write_run(tmp_path, "table2/minilm/wiki-topics/dir1/FedPFT", 1, 0.70)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["round"] not in (ROUNDS // 2, ROUNDS):
+            del r["fm"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    config = json.loads((run / "config.json").read_text())
+    config["args"] |= {"eval_interval": ROUNDS // 2, "eval_round_zero": False}
+    (run / "config.json").write_text(json.dumps(config))
+    record = run_record(tmp_path, run)
+    assert record["final"] == pytest.approx(0.70) and record["best_round"] in (ROUNDS // 2, ROUNDS)
+    assert record["eval_round_zero"] is False
+    text = render(tmp_path, load_runs(tmp_path), ["table2"])
+    assert f"FM evaluated every {ROUNDS // 2} round(s) and at the last (not the untrained model of round 0" in text

@@ -122,6 +122,8 @@ def settings_lines(runs: pd.DataFrame) -> list[str]:
             f"{_values(group['local_epochs'])} local epoch(s), {_values(group['rounds'])} rounds, "
             f"FM evaluated every {_values(group['eval_every'])} round(s) and at the last"
         )
+        if not group["eval_round_zero"].any():
+            line += " (not the untrained model of round 0: with a seed, every method's and partition's is the same)"
         if task in TEXT_TASKS and group["max_length"].notna().any():
             line += f", at most {_values(group['max_length'])} tokens"
         if group["align_t"].notna().any():

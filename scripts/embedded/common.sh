@@ -18,8 +18,10 @@
 #
 # Environment: RESULTS (default results/embedded), SEEDS (default "1 2 3"; CLAIM_SEEDS, default "1 2 3 4 5" or SEEDS
 # when given, for Table 1's text rows and Table 3, where the claims need the power), ROUNDS (default 30), BBC=1 (also
-# the earlier BBC block: its runs are committed and skipped), EVAL_INTERVAL (default 10: Tables 2-4 evaluate the FM
-# at rounds 0, 10, 20, 30; Table 1 every TABLE1_EVAL_INTERVAL, default 5, for its curves), JOBS (default 2:
+# the earlier BBC block: its runs are committed and skipped), EVAL_INTERVAL (default 15: Tables 2-4 evaluate the FM
+# at rounds 15 and 30, and at round 0 only with EVAL_ROUND_ZERO=True: with a seed, round 0 is the same model for
+# every method, partition, t and p, Table 1's round 0; Table 1 every TABLE1_EVAL_INTERVAL, default 5, and at round 0,
+# for its curves), JOBS (default 2:
 # runs of a table at once, one CPU thread each: small models gain little from a second thread, and one thread per
 # run makes a run's numbers independent of how busy the machine is), DRY_RUN=1 (or --dry-run) prints the command
 # lines instead of running them. Each run's output goes to $RESULTS/.work/logs/.
@@ -32,10 +34,11 @@ CLAIM_SEEDS="${CLAIM_SEEDS:-${SEEDS:-1 2 3 4 5}}"
 SEEDS="${SEEDS:-1 2 3}"
 BBC="${BBC:-0}"
 EVAL_INTERVAL_SET="${EVAL_INTERVAL+1}"
-EVAL_INTERVAL="${EVAL_INTERVAL:-10}"  # a 2,200-example evaluation costs about 45 s on one thread
-eval_every() {  # eval_every <task>: the FM evaluation interval of Tables 2-4 (the BBC block's runs: every 5th round)
-    case "$1" in bbc*) if [ -z "$EVAL_INTERVAL_SET" ]; then echo 5; return; fi ;; esac
-    echo "$EVAL_INTERVAL"
+EVAL_INTERVAL="${EVAL_INTERVAL:-15}"  # a 2,200-example evaluation costs about 45 s on one thread
+EVAL_ROUND_ZERO="${EVAL_ROUND_ZERO:-False}"
+eval_flags() {  # eval_flags <task>: when Tables 2-4 evaluate the FM (the BBC block's runs: every 5th round and 0)
+    case "$1" in bbc*) if [ -z "$EVAL_INTERVAL_SET" ]; then echo --eval_interval 5; return; fi ;; esac
+    echo --eval_interval "$EVAL_INTERVAL" --eval_round_zero "$EVAL_ROUND_ZERO"
 }
 ROUNDS="${ROUNDS:-30}"
 PY="${PY:-$root/.venv/bin/python}"

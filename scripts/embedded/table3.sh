@@ -14,7 +14,7 @@ build_models minilm wiki-pairs
 if [ "$BBC" = 1 ]; then build_models minilm; tasks+=(bbc-pairs); fi
 three_seeds="$SEEDS"
 for task in "${tasks[@]}"; do
-    study=(--eval_interval "$(eval_every "$task")" --eval_sub_model False)
+    study=($(eval_flags "$task") --eval_sub_model False)
     # five seeds where the claims live; the BBC block keeps its three
     if [ "${task#bbc}" = "$task" ]; then SEEDS="$CLAIM_SEEDS"; else SEEDS="$three_seeds"; fi
     for method in FedOT FedPFT_N FedPFT_B FedPFT_D FedPFT; do

@@ -10,7 +10,7 @@ require datasets/wiki-pairs "the embedded Wikipedia data"
 build_models minilm wiki-pairs
 if [ "$BBC" = 1 ]; then build_models minilm; tasks+=(bbc-pairs); fi
 for task in "${tasks[@]}"; do
-    study=(--eval_interval "$(eval_every "$task")" --eval_sub_model False)
+    study=($(eval_flags "$task") --eval_sub_model False)
     for t in 5 10 20; do  # t = 10, p = 0.5 trains as Table 1's FedPFT: borrowed when that is finished
         if [ "$t" = 10 ]; then step=shared_cell; else step=cell; fi
         ALIGN_T="$t" "$step" table4 minilm "$task" "t$t" FedPFT --align_retained_ratio 0.5 "${study[@]}"
