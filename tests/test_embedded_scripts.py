@@ -236,3 +236,24 @@ def test_same_run_compares_training_flags_and_paths_by_their_last_two_parts():
     assert differences({**here, "eval_interval": 1}, {**there, "eval_interval": 5, "eval_round_zero": False}) == []
     assert differences(here, {**there, "sub_model_checkpoint": "/x/minilm/sub-other"}) == ["sub_model_checkpoint"]
     assert differences(here, {**there, "seed": 2, "lora_rank": 8}) == ["lora_rank", "seed"]
+
+
+def test_table5_a_decoder_llm(tmp_path):
+    """SmolLM2 on wiki-qa: four methods x three seeds, IID; the sub-FM and the emulator distilled with one budget
+    (no FFN weight term); the FM evaluated at the last round, the untuned FM once; NONIID=1 adds FedPETuning and
+    FedPFT on Dir(1) over the topics."""
+    lines = dry("table5", tmp_path)
+    distils = [line for line in lines if "distill.py" in line]
+    assert len(distils) == 2 and all("--distill_alpha 0 " in d and "--max_steps 50 " in d for d in distils)
+    assert "--emulator_layers 18" in distils[0] and "--layers_retained 0 29" in distils[1]
+    fed = runs(lines)
+    assert len(fed) == 4 * 3 and {cell(f, tmp_path).split("/")[3] for f in fed} == {"iid"}
+    assert {f["--task_name"] for f in fed} == {"wiki-qa"} and {f["--num_rounds"] for f in fed} == {"10"}
+    assert {f["--eval_interval"] for f in fed} == {"10"} and {f["--max_eval_samples"] for f in fed} == {"200"}
+    zero = [(cell(f, tmp_path).split("/")[4], f["--seed"]) for f in fed if f["--eval_round_zero"] == "True"]
+    assert zero == [("FedPETuning", "1")]
+    pft = [f for f in fed if f["--method"] == "pft"]
+    assert {f["--align_interval"] for f in pft} == {"4"} and all("sub-distilled-wiki" in f["--sub_model_checkpoint"] for f in pft)
+    noniid = runs(dry("table5", tmp_path, NONIID="1"))
+    extra = [f for f in noniid if f.get("--partitioner") == "dir"]
+    assert len(extra) == 2 * 3 and {f["--method"] for f in extra} == {"peft", "pft"}
