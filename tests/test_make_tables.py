@@ -20,6 +20,7 @@ from federated_proxy_finetuning.report.cells import cell_stats, orderings, table
 from federated_proxy_finetuning.report.claim_lines import verdict_bullets
 from federated_proxy_finetuning.report.figures import alignment_rounds, method_curves, write_plots
 from federated_proxy_finetuning.report.markdown import CEILING_HEADING, LEGEND, render
+from federated_proxy_finetuning.report.measures import ACCURACY, ANSWER_LOSS
 from federated_proxy_finetuning.report.pages import (
     GENERATED,
     readme_block,
@@ -409,6 +410,25 @@ def test_link_and_claim_verdicts():
     assert claim_verdict([("≥", "contradicted"), (">", "held")]) == "contradicted"
     assert claim_verdict([("≥", "contradicted"), (">", "untestable")]) == "untestable"
     assert claim_verdict([("≥", "consistent"), (">", "n/a")]) == "n/a"
+
+
+def test_link_verdicts_where_lower_is_better():
+    """On a loss (better = -1) a link A > B says A's loss is lower: held when the differences A_s − B_s are
+    significantly negative, contradicted when significantly positive; the same tests and Holm p as on an accuracy."""
+    up, down = paired_t([3.0, 4.0, 5.0]), paired_t([-3.0, -4.0, -5.0])
+    assert link_verdict(">", down, 0.04, better=-1).verdict == "held"
+    assert link_verdict(">", up, 0.04, better=-1).verdict == "contradicted"
+    assert link_verdict("≥", up, 0.04, better=-1).verdict == "contradicted"
+    assert link_verdict("≥", down, 0.04, better=-1).verdict == "consistent"
+    assert link_verdict(">", down, 0.06, better=-1).verdict == "inconclusive"
+    # one family mixing an accuracy link and a loss link: Holm over both p-values (equal, 0.0202), m = 2: 0.0404
+    family = judge_family([(">", up, False, 1), (">", down, False, -1)])
+    assert [holm_p for holm_p, _ in family] == pytest.approx([2 * up.p] * 2) and 2 * up.p < 0.05
+    assert [v.verdict for _, v in family] == ["held", "held"]
+    assert [v.verdict for _, v in judge_family([(">", up, False), (">", down, False)])] == ["held", "contradicted"]
+    assert ANSWER_LOSS.better == -1 and ANSWER_LOSS.described() == "final answer loss, where lower is better"
+    assert ACCURACY.described() == "final-round accuracy" and not ANSWER_LOSS.one_class
+    assert down.interval_text(3) == "−4.000 [−6.484, −1.516]"  # 4 ± 4.3027 / √3
 
 
 # ---------------------------------------------------------------------------------------------------- result trees
