@@ -864,3 +864,19 @@ def test_table5_in_make_tables_and_pages(lm_tree, lm_runs, tree, tmp_path, capsy
     text = readme.read_text()
     assert "per-seed final-round accuracy; Table 5: topic accuracy and answer loss, Holm's" in text
     assert verdict_bullets(lm_tree, lm_runs, reported_tables(lm_runs)) in text
+
+
+def test_table5_curves(lm_tree, lm_runs, tmp_path):
+    written, notes = write_plots(lm_tree, tmp_path)
+    names = {p.name for p in written}
+    assert {"embedded_table5_smollm2_wiki-qa_curves.png", "embedded_table5_smollm2_wiki-qa_curves-dir1.png"} <= names
+    assert not any("table5" in note for note in notes)
+    iid = lm_runs.query("table == 'table5' and setting == 'iid'")
+    loss, accuracy = method_curves(iid, "loss"), method_curves(iid)
+    assert list(loss) == ["FedPETuning", "FedOT", "FedOT-noKD", "FedPFT"]
+    # the answer loss falls by 0.1 a round to the final: round 0 at 2.05 + 0.1 · ROUNDS, round ROUNDS at 2.05
+    assert loss["FedPETuning"]["mean"].iloc[0] == pytest.approx(2.05 + 0.1 * ROUNDS)
+    assert loss["FedPETuning"]["mean"].iloc[-1] == pytest.approx(2.05)
+    assert (loss["FedOT"]["min"].iloc[-1], loss["FedOT"]["max"].iloc[-1]) == pytest.approx((1.80, 1.95))
+    assert accuracy["FedPETuning"]["mean"].iloc[-1] == pytest.approx(72.0)
+    assert method_curves(lm_runs.query("table == 'table1'"), "loss") == {}  # a classifier has no answer loss
