@@ -9,6 +9,9 @@ Writes, with <prefix> the root's folder name (e.g. embedded) and one figure per 
   <prefix>_table2_<model>_<task>_alpha.png    final accuracy against Dirichlet α, ± seed std
   <prefix>_table3_<model>_<task>_ablation.png final accuracy per ablation method, ± seed std
   <prefix>_table4_<model>_<task>_t_p.png      final accuracy against t and against p, ± seed std
+  <prefix>_table5_<model>_<task>_curves.png   (beyond the paper, a decoder LLM) topic accuracy and answer loss per
+                                              round, mean over seeds with a min–max band; _curves-<setting>.png
+                                              for a setting other than IID (e.g. dir1)
 Figures whose data is missing are skipped with a note. Only finished runs are drawn.
 """
 
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="results/embedded", help="results root holding table1 ... table4")
+    parser.add_argument("--root", default="results/embedded", help="results root holding table1 ... table5")
     parser.add_argument("--out", default="images", help="folder for the PNG files")
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir() or load_runs(args.root).empty:

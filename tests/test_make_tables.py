@@ -4,12 +4,15 @@ hand-computed paired t-intervals, p-values and Holm adjustments; on a hand-writt
 stds, unfinished runs, missing optional fields, the best round ≥ 1, the one-class reading of confusion matrices, the
 paper's numbers beside the right cells, the claimed orderings judged on paired per-seed differences (held,
 contradicted, inconclusive, consistent, untestable, n/a), the two blocks of a table, the generated verdict bullets,
-the missing-root error, the PNG files and one CLI run of each; and the verdicts recomputed from the committed runs
-under results/embedded."""
+the missing-root error, the PNG files and one CLI run of each; Table 5 (a decoder LLM, beyond the paper) with its
+topic accuracy, answer loss and perplexity, its orderings judged with the loss's direction (lower is better) and its
+curves; and the verdicts recomputed from the committed runs under results/embedded."""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ from federated_proxy_finetuning.report.cells import cell_stats, orderings, table
 from federated_proxy_finetuning.report.claim_lines import verdict_bullets
 from federated_proxy_finetuning.report.figures import alignment_rounds, method_curves, write_plots
 from federated_proxy_finetuning.report.markdown import CEILING_HEADING, LEGEND, render
+from federated_proxy_finetuning.report.measures import ACCURACY, ANSWER_LOSS
 from federated_proxy_finetuning.report.pages import (
     GENERATED,
     readme_block,
@@ -27,7 +31,18 @@ from federated_proxy_finetuning.report.pages import (
     results_page,
     write_pages,
 )
-from federated_proxy_finetuning.report.paper import BBC_HEADING, PAPER_TASK, TABLES, TASKS, block_of
+from federated_proxy_finetuning.report.paper import (
+    BBC_HEADING,
+    CLAIMS,
+    MODELS,
+    PAPER_TASK,
+    TABLE_TITLES,
+    TABLES,
+    TASKS,
+    block_of,
+    paper_numbers,
+    reported_tables,
+)
 from federated_proxy_finetuning.report.runs import CELL, load_runs, predictions, run_record
 from federated_proxy_finetuning.report.verdicts import (
     PairedTest,
@@ -54,23 +69,28 @@ def write_run(
     finished: bool = True,
     bare: bool = False,
     confusion: list[list[int]] | None = None,
+    loss: float | None = None,
+    client_mi: float = 47,
 ) -> Path:
     """A run folder of cell "<table>/<model>/<task>/<setting>/<method>" whose FM accuracy climbs from 0.5 to
     `final` + 0.01 at round ROUNDS - 1 (the best round) and ends at `final`. `bare`: an older run without the
     optional fields (no parameter counts, communication, wall time, byte counters). `confusion`: the final round's
-    eval_confusion (rows true label, columns predicted label); none recorded when None, as in older runs."""
+    eval_confusion (rows true label, columns predicted label); none recorded when None, as in older runs. `loss`: a
+    causal-LM run (Table 5): its metric is eval_topic_accuracy and every evaluation also holds the answer loss,
+    falling by 0.1 a round to `loss` at round ROUNDS, and its exp, eval_perplexity. `client_mi`: client parameters
+    in Mi."""
     table, model, task, setting, method = cell.split("/")
+    metric = "eval_accuracy" if loss is None else "eval_topic_accuracy"
     run = root / cell / task / model / f"{method.lower()}-r{ROUNDS}-seed{seed}"
     run.mkdir(parents=True)
     best = final + 0.01
     accuracy = [0.5 + (best - 0.5) * r / (ROUNDS - 1) for r in range(ROUNDS)] + [final]
     records = []
     for r, acc in enumerate(accuracy):
-        record = {
-            "round": r,
-            "fm": {"eval_accuracy": acc, "eval_loss": 1 - acc},
-            "aligned": method == "FedPFT" and r % 2 == 0 and r > 0,
-        }
+        fm = {metric: acc, "eval_loss": 1 - acc}
+        if loss is not None:
+            fm |= {"eval_loss": loss + 0.1 * (ROUNDS - r), "eval_perplexity": math.exp(loss + 0.1 * (ROUNDS - r))}
+        record = {"round": r, "fm": fm, "aligned": method == "FedPFT" and r % 2 == 0 and r > 0}
         if confusion is not None and r == ROUNDS:
             record["fm"]["eval_confusion"] = confusion
         if not bare:
@@ -79,12 +99,14 @@ def write_run(
         records.append(record)
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
     args = {"seed": seed, "num_rounds": ROUNDS, "num_clients": CLIENTS, "proportion": PROPORTION, "method": "pft"}
-    config = {"args": args, "metric_for_best_model": "accuracy"}
+    config = {"args": args, "metric_for_best_model": metric.removeprefix("eval_")}
     if not bare:
-        config |= {"client_encoder_layer_parameters": 47 * 2**20, "fm_encoder_layer_parameters": 81 * 2**20}
+        config |= {"client_encoder_layer_parameters": client_mi * 2**20, "fm_encoder_layer_parameters": 81 * 2**20}
     (run / "config.json").write_text(json.dumps(config))
-    summary = {"metric": "eval_accuracy", "finished": finished, "method": method, "final_round": ROUNDS}
-    summary |= {"final": {"eval_accuracy": final}, "best_round": ROUNDS - 1, "best": {"eval_accuracy": best}}
+    summary = {"metric": metric, "finished": finished, "method": method, "final_round": ROUNDS}
+    summary |= {"final": {metric: final}, "best_round": ROUNDS - 1, "best": {metric: best}}
+    if loss is not None:
+        summary["final"] |= {"eval_loss": loss, "eval_perplexity": math.exp(loss)}
     summary |= {"best_metric": best}
     if not bare:
         communication = {
@@ -411,6 +433,25 @@ def test_link_and_claim_verdicts():
     assert claim_verdict([("≥", "consistent"), (">", "n/a")]) == "n/a"
 
 
+def test_link_verdicts_where_lower_is_better():
+    """On a loss (better = -1) a link A > B says A's loss is lower: held when the differences A_s − B_s are
+    significantly negative, contradicted when significantly positive; the same tests and Holm p as on an accuracy."""
+    up, down = paired_t([3.0, 4.0, 5.0]), paired_t([-3.0, -4.0, -5.0])
+    assert link_verdict(">", down, 0.04, better=-1).verdict == "held"
+    assert link_verdict(">", up, 0.04, better=-1).verdict == "contradicted"
+    assert link_verdict("≥", up, 0.04, better=-1).verdict == "contradicted"
+    assert link_verdict("≥", down, 0.04, better=-1).verdict == "consistent"
+    assert link_verdict(">", down, 0.06, better=-1).verdict == "inconclusive"
+    # one family mixing an accuracy link and a loss link: Holm over both p-values (equal, 0.0202), m = 2: 0.0404
+    family = judge_family([(">", up, False, 1), (">", down, False, -1)])
+    assert [holm_p for holm_p, _ in family] == pytest.approx([2 * up.p] * 2) and 2 * up.p < 0.05
+    assert [v.verdict for _, v in family] == ["held", "held"]
+    assert [v.verdict for _, v in judge_family([(">", up, False), (">", down, False)])] == ["held", "contradicted"]
+    assert ANSWER_LOSS.better == -1 and ANSWER_LOSS.described() == "final answer loss, where lower is better"
+    assert ACCURACY.described() == "final-round accuracy" and not ANSWER_LOSS.one_class
+    assert down.interval_text(3) == "−4.000 [−6.484, −1.516]"  # 4 ± 4.3027 / √3
+
+
 # ---------------------------------------------------------------------------------------------------- result trees
 ONE_CLASS = [[0, 154], [0, 154]]  # every example predicted as label 1: one non-zero column
 BOTH = [[120, 34], [40, 114]]
@@ -606,7 +647,7 @@ def test_committed_pages_are_current(monkeypatch):
     monkeypatch.chdir(ROOT)
     root, page, images = Path("results/embedded"), Path("docs/results.md"), Path("images")
     runs = load_runs(root)
-    tables = list(TABLES)
+    tables = reported_tables(runs)  # as --write: Table 5 too once its runs are committed
     assert page.read_text() == results_page(root, runs, tables, images, "../images/")
     readme = Path("README.md").read_text()
     block = readme_block(root, runs, tables, page.as_posix())
@@ -630,3 +671,212 @@ def test_a_run_that_skips_round_zero(tmp_path):
     assert record["eval_round_zero"] is False
     text = render(tmp_path, load_runs(tmp_path), ["table2"])
     assert f"FM evaluated every {ROUNDS // 2} round(s) and at the last (not the untrained model of round 0" in text
+
+
+# ---------------------------------------------------------------------------------------------------- Table 5
+# A decoder LLM on wiki-qa, beyond the paper: per method the final topic accuracies, final answer losses (nats) and
+# client parameters (Mi) of seeds 1-3. Hand-computed paired differences, seeds 1 2 3:
+#   topic accuracy  FedPETuning − FedPFT  4, 4, 4 (points)            sd 0: p = 0            → consistent
+#                   FedPFT − FedOT         6, 7, 5                     mean 6, sd 1, t = 6√3 = 10.392, p = 1 − t/√(t²+2)
+#                                                                      = 0.00913, interval 6 ± 4.3027/√3 = [3.52, 8.48]
+#                   FedOT − FedOT-noKD     10, 9, 14                   mean 11, sd √7 = 2.646, t = 7.201, p = 0.01874,
+#                                                                      interval 11 ± 4.3027 · 2.646/√3 = [4.43, 17.57]
+#   answer loss     FedPETuning − FedPFT  −0.1, −0.1, −0.1 (nats)     sd 0: p = 0; lower is better, so FedPETuning's
+#                                                                      lower loss is consistent with "≥", not against it
+#                   FedPFT − FedOT         +0.30, +0.25, +0.35         mean +0.30, sd 0.05, t = 10.392, p = 0.00913:
+#                                                                      FedPFT's loss is higher, so "FedPFT > FedOT" on
+#                                                                      the loss is contradicted
+# Holm over the block's m = 5 testable links, p sorted 0, 0, 0.00913, 0.00913, 0.01874: 5·0, 4·0, 3·0.00913 = 0.0274,
+# 2·0.00913 = 0.0183 → 0.0274 (running maximum), 1·0.01874 → 0.0274; so every strict link has Holm p 0.0274 ≤ 0.05.
+LM_CELLS = {
+    "FedPETuning": ([0.70, 0.72, 0.74], [2.00, 2.10, 2.05], 100),
+    "FedPFT": ([0.66, 0.68, 0.70], [2.10, 2.20, 2.15], 40),
+    "FedOT": ([0.60, 0.61, 0.65], [1.80, 1.95, 1.80], 40),
+    "FedOT-noKD": ([0.50, 0.52, 0.51], [2.50, 2.60, 2.55], 40),
+}
+LM_HOLM = 3 * (1 - 6 * 3**0.5 / (108 + 2) ** 0.5)  # 3 · p of FedPFT − FedOT, the running maximum of the family
+ONE_TOPIC = [[0] * 3 + [5] + [0] * 7 for _ in range(11)]  # every article answered with topic 3
+
+
+def write_lm_cell(root: Path, cell: str, finals, losses, client_mi: float = 40, confusion=None) -> None:
+    for seed, (final, loss) in enumerate(zip(finals, losses), start=1):
+        write_run(root, cell, seed, final, loss=loss, client_mi=client_mi, confusion=confusion)
+
+
+@pytest.fixture(scope="module")
+def lm_tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm") / "embedded"
+    for method, (finals, losses, client_mi) in LM_CELLS.items():
+        write_lm_cell(root, f"table5/smollm2/wiki-qa/iid/{method}", finals, losses, client_mi)
+    write_lm_cell(root, "table5/smollm2/wiki-qa/dir1/FedPFT", [0.60, 0.62], [2.3, 2.4])  # its other cells missing
+    write_cell(root, "table1/minilm/wiki-topics/iid/FedOT", [0.6, 0.62])  # a classifier beside it
+    return root
+
+
+@pytest.fixture(scope="module")
+def lm_runs(lm_tree):
+    return load_runs(lm_tree)
+
+
+def test_table5_is_a_table_beyond_the_paper(runs, lm_runs):
+    assert TABLE_TITLES["table5"] == "Table 5 — beyond the paper: a decoder LLM (SmolLM2-135M-Instruct) on wiki-qa"
+    assert "smollm2" in MODELS and "wiki-qa" in TASKS and block_of("wiki-qa") == "main"
+    assert "table5" not in TABLES and reported_tables(runs) == list(TABLES)  # without runs: the paper's four only
+    assert reported_tables(lm_runs) == [*TABLES, "table5"]
+    assert paper_numbers("table5", "smollm2", "wiki-qa", "iid", "FedPFT") == {}
+    assert all(claim.ours for claim in CLAIMS["table5"]) and not any(c.ours for t in TABLES for c in CLAIMS[t])
+    assert [claim.measure.better for claim in CLAIMS["table5"]] == [1, -1, 1]
+    assert (table_cells(cell_stats(lm_runs), "table5")["shared_from"] == "").all()  # no cell borrowed from Table 1
+
+
+def test_table5_run_records_hold_the_answer_loss(lm_runs, runs):
+    lm = lm_runs[(lm_runs["method"] == "FedPETuning") & (lm_runs["seed"] == 1)].iloc[0]
+    assert lm["metric"] == "eval_topic_accuracy" and lm["final"] == pytest.approx(0.70)
+    assert lm["final_loss"] == pytest.approx(2.0) and lm["final_perplexity"] == pytest.approx(math.exp(2.0))
+    assert lm["client_params"] == 100 * 2**20
+    assert runs["final_loss"].isna().all() and runs["final_perplexity"].isna().all()  # a classifier's loss: not shown
+
+
+def test_table5_cells_show_topic_accuracy_loss_and_perplexity(lm_tree, lm_runs, tree, runs):
+    stats = cell_stats(lm_runs)
+    peft = cell(stats, "table5", "smollm2", "wiki-qa", "iid", "FedPETuning")
+    perplexities = [math.exp(x) for x in (2.00, 2.10, 2.05)]  # 7.389, 8.166, 7.768
+    assert (peft["final_mean"], peft["final_std"]) == pytest.approx((72.0, 2.0))
+    assert (peft["loss_mean"], peft["loss_std"]) == pytest.approx((2.05, 0.05))
+    assert (peft["ppl_mean"], peft["ppl_std"]) == pytest.approx(
+        (statistics.mean(perplexities), statistics.stdev(perplexities))
+    )
+    assert peft["loss_finals"] == pytest.approx({1: 2.00, 2: 2.10, 3: 2.05})
+    text = render(lm_tree, lm_runs, ["table5"])
+    table5 = text.split("### " + TABLE_TITLES["table5"])[1]
+    rows = {tuple(c.strip() for c in line.split("|")[3:5]): line for line in table5.splitlines() if "| smollm2" in line}
+    assert [c.strip() for c in rows["IID", "FedPETuning"].split("|")[5:12]] == [
+        "72.0 ± 2.0 (n=3)",
+        "73.0 ± 2.0 (round 3)",  # best: round 3 at final + 0.01
+        "–",
+        "2.050 ± 0.050",
+        f"{statistics.mean(perplexities):.2f} ± {statistics.stdev(perplexities):.2f}",  # 7.77 ± 0.39
+        "–",  # no paper number
+        "100.0",
+    ]
+    # FedOT's losses 1.80, 1.95, 1.80: sd √(0.015 / 2) = 0.087
+    assert "| 1.850 ± 0.087 " in rows["IID", "FedOT"] and "| 40.0 " in rows["IID", "FedOT"]
+    head = [c.strip() for c in next(line for line in table5.splitlines() if line.startswith("| model")).split("|")]
+    lm_columns = ["final topic acc % (n)", "best topic acc % (round ≥ 1)", "one-class runs", "final answer loss"]
+    assert head[5:10] == [*lm_columns, "perplexity"]
+    assert "client params (Mi, decoder layers)" in head
+    assert "11 topics, chance 9.1 %" in table5 and "Not in the paper" in table5
+    assert "token-weighted negative log-likelihood of the answer tokens on the held-out records" in table5
+    assert "final answer loss" not in render(tree, runs, ["table1"])  # the classifiers' tables are unchanged
+
+
+def test_table5_orderings_take_the_loss_the_right_way(lm_runs):
+    claims = judged(None, lm_runs, "table5", setting="iid")
+    accuracy = claims["FedPETuning ≥ FedPFT > FedOT on topic accuracy"]
+    loss = claims["FedPETuning ≥ FedPFT > FedOT on answer loss"]
+    no_kd = claims["FedOT > FedOT-noKD on topic accuracy"]
+    assert all(c["m"] == 5 and c["ours"] and c["paper"] == {} for c in (accuracy, loss, no_kd))
+    first, second = accuracy["links"]
+    assert (first["test"].delta, first["test"].p, first["verdict"]) == (pytest.approx(4.0), 0, "consistent")
+    assert (second["test"].delta, second["test"].low, second["test"].high) == pytest.approx(
+        (6.0, 3.516, 8.484), abs=1e-3
+    )
+    assert second["test"].p == pytest.approx(0.00913, abs=1e-5) and second["holm_p"] == pytest.approx(LM_HOLM)
+    assert second["verdict"] == "held" and accuracy["verdict"] == "held"
+    first, second = loss["links"]  # differences of loss A − B: negative is better
+    assert first["test"].delta == pytest.approx(-0.1) and first["verdict"] == "consistent"  # not "contradicted"
+    assert (second["test"].delta, second["test"].low, second["test"].high) == pytest.approx(
+        (0.3, 0.176, 0.424), abs=1e-3
+    )
+    assert second["holm_p"] == pytest.approx(LM_HOLM) and second["verdict"] == "contradicted"  # not "held"
+    assert loss["verdict"] == "contradicted" and loss["means"] == pytest.approx(
+        {"FedPETuning": 2.05, "FedPFT": 2.15, "FedOT": 1.85}
+    )
+    (link,) = no_kd["links"]
+    assert (link["test"].delta, link["test"].low, link["test"].high) == pytest.approx((11.0, 4.428, 17.572), abs=1e-3)
+    assert link["test"].p == pytest.approx(0.01874, abs=1e-5) and link["holm_p"] == pytest.approx(LM_HOLM)
+    assert no_kd["verdict"] == "held"
+    dir1 = judged(None, lm_runs, "table5", setting="dir1")  # FedPFT alone: n/a, outside the family
+    assert {c["verdict"] for c in dir1.values()} == {"n/a"} and {c["m"] for c in dir1.values()} == {5}
+
+
+def test_table5_claim_lines_and_bullets(lm_tree, lm_runs):
+    text = render(lm_tree, lm_runs, ["table5"])
+    assert (
+        "paired t-test on the per-seed differences of final-round topic accuracy and of final answer loss, where lower "
+        "is better (95 % t-interval, two-sided p), Holm's correction across the m = 5 testable links of this block"
+    ) in text
+    assert "Orderings we hypothesise (not the paper's claims), each link judged on paired per-seed differences:" in text
+    assert "Orderings the paper claims" not in text
+    assert (
+        "- smollm2 · wiki-qa · IID: FedPETuning ≥ FedPFT > FedOT on answer loss (lower is better; our hypothesis, not "
+        "the paper's) — **contradicted**: FedPETuning 2.050 ≥ FedPFT 2.150: Δ −0.100 [−0.100, −0.100], n=3, p=0, "
+        "Holm p=0 → consistent; FedPFT 2.150 > FedOT 1.850: Δ +0.300 [+0.176, +0.424], n=3, p=0.009, Holm p=0.03 "
+        "→ contradicted"
+    ) in text
+    assert "FedPFT 68.0 > FedOT 62.0: Δ +6.0 [+3.5, +8.5], n=3, p=0.009, Holm p=0.03 → held" in text
+    assert "[paper:" not in text.split("### Table 5")[1]
+    bullets = [b for b in verdict_bullets(lm_tree, lm_runs, ["table5"]).splitlines() if "· IID:" in b]
+    assert bullets[0] == (
+        "- Table 5, smollm2 · wiki-qa · IID: FedPETuning ≥ FedPFT > FedOT on topic accuracy (our hypothesis, not the "
+        "paper's) is **held**: FedPETuning − FedPFT +4.0 [+4.0, +4.0] (consistent), FedPFT − FedOT +6.0 [+3.5, +8.5] "
+        "(held, Holm p 0.03); 3 seeds."
+    )
+    assert "FedPFT − FedOT +0.300 [+0.176, +0.424] (contradicted, Holm p 0.03); 3 seeds." in bullets[1]
+    assert bullets[2].startswith("- Table 5, smollm2 · wiki-qa · IID: FedOT > FedOT-noKD on topic accuracy")
+
+
+def test_table5_one_topic_spoils_accuracy_not_loss(tmp_path):
+    for method, (finals, losses, client_mi) in LM_CELLS.items():
+        confusion = ONE_TOPIC if method == "FedOT" else None
+        write_lm_cell(tmp_path, f"table5/smollm2/wiki-qa/iid/{method}", finals, losses, client_mi, confusion)
+    claims = judged(None, load_runs(tmp_path), "table5")
+    assert claims["FedPETuning ≥ FedPFT > FedOT on topic accuracy"]["verdict"] == "untestable"
+    assert claims["FedOT > FedOT-noKD on topic accuracy"]["verdict"] == "untestable"
+    assert claims["FedPETuning ≥ FedPFT > FedOT on answer loss"]["verdict"] == "contradicted"
+    assert claims["FedPETuning ≥ FedPFT > FedOT on answer loss"]["m"] == 3  # the two untestable links left
+
+
+def test_table5_in_make_tables_and_pages(lm_tree, lm_runs, tree, tmp_path, capsys):
+    assert make_tables.main(["--root", str(lm_tree)]) == 0  # by default: Table 5 when it has runs
+    out = capsys.readouterr().out
+    assert "### Table 1 — IID" in out and "### " + TABLE_TITLES["table5"] in out
+    assert make_tables.main(["--root", str(tree)]) == 0 and "Table 5" not in capsys.readouterr().out
+    assert make_tables.main(["--root", str(tree), "--tables", "5"]) == 0
+    assert "_Table 5: no runs under" in capsys.readouterr().out
+    start, end = GENERATED
+    readme, page, images = tmp_path / "README.md", tmp_path / "docs" / "results.md", tmp_path / "images"
+    readme.write_text(f"# Title\n{start}\n{end}\n")
+    images.mkdir()
+    for name in ("embedded_table5_smollm2_wiki-qa_curves.png", "embedded_table5_smollm2_wiki-qa_curves-dir1.png"):
+        (images / name).write_bytes(b"")
+    assert (
+        make_tables.main(
+            ["--root", str(lm_tree), "--write", "--readme", str(readme), "--page", str(page)]
+            + ["--images", str(images)]
+        )
+        == 0
+    )
+    body = page.read_text()
+    assert "### " + TABLE_TITLES["table5"] in body and "- Table 5, smollm2 · wiki-qa · IID: " in body
+    assert "![Table 5, smollm2 on wiki-qa: FM topic accuracy and answer loss per evaluated round" in body
+    assert "![Table 5, smollm2 on wiki-qa (α=1): FM topic accuracy and answer loss" in body
+    text = readme.read_text()
+    assert "per-seed final-round accuracy; Table 5: topic accuracy and answer loss, Holm's" in text
+    assert verdict_bullets(lm_tree, lm_runs, reported_tables(lm_runs)) in text
+
+
+def test_table5_curves(lm_tree, lm_runs, tmp_path):
+    written, notes = write_plots(lm_tree, tmp_path)
+    names = {p.name for p in written}
+    assert {"embedded_table5_smollm2_wiki-qa_curves.png", "embedded_table5_smollm2_wiki-qa_curves-dir1.png"} <= names
+    assert not any("table5" in note for note in notes)
+    iid = lm_runs.query("table == 'table5' and setting == 'iid'")
+    loss, accuracy = method_curves(iid, "loss"), method_curves(iid)
+    assert list(loss) == ["FedPETuning", "FedOT", "FedOT-noKD", "FedPFT"]
+    # the answer loss falls by 0.1 a round to the final: round 0 at 2.05 + 0.1 · ROUNDS, round ROUNDS at 2.05
+    assert loss["FedPETuning"]["mean"].iloc[0] == pytest.approx(2.05 + 0.1 * ROUNDS)
+    assert loss["FedPETuning"]["mean"].iloc[-1] == pytest.approx(2.05)
+    assert (loss["FedOT"]["min"].iloc[-1], loss["FedOT"]["max"].iloc[-1]) == pytest.approx((1.80, 1.95))
+    assert accuracy["FedPETuning"]["mean"].iloc[-1] == pytest.approx(72.0)
+    assert method_curves(lm_runs.query("table == 'table1'"), "loss") == {}  # a classifier has no answer loss

@@ -1,12 +1,13 @@
 """Cell statistics and the judged claims: per cell of a table the means, sample stds and per-seed finals of its
 finished runs (cell_stats), the cells of one table in display order with those it shares with Table 1
-(table_cells), and every ordering the paper claims judged on paired per-seed differences, one Holm family per block
-of a table (orderings, with the tests of verdicts.py)."""
+(table_cells), and every ordering the paper claims (or, beyond the paper, we hypothesise) judged on paired per-seed
+differences of its measure, one Holm family per block of a table (orderings, with the tests of verdicts.py)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from federated_proxy_finetuning.report.measures import MEASURES, Measure
 from federated_proxy_finetuning.report.paper import (
     BLOCKS,
     CLAIMS,
@@ -24,9 +25,10 @@ from federated_proxy_finetuning.report.verdicts import claim_verdict, judge_fami
 
 
 def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: n finished runs, unfinished count, mean and sample std of final and best accuracy (%), client
-    parameters (Mi = 2**20), MB communicated per run (1 MB = 1e6 bytes) and model shipping MB, plus the columns of
-    cell_seeds. Means use finished runs only; the parameter count, a property of the configuration, uses every run."""
+    """Per cell: n finished runs, unfinished count, mean and sample std of final and best accuracy (%) and, for
+    causal-LM runs, of the final answer loss and perplexity (NaN otherwise), client parameters (Mi = 2**20), MB
+    communicated per run (1 MB = 1e6 bytes) and model shipping MB, plus the columns of cell_seeds. Means use finished
+    runs only; the parameter count, a property of the configuration, uses every run."""
     done = runs[runs["finished"]].groupby(CELL)
     stats = pd.DataFrame(
         {
@@ -35,6 +37,10 @@ def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
             "final_std": done["final"].std() * 100,
             "best_mean": done["best"].mean() * 100,
             "best_std": done["best"].std() * 100,
+            "loss_mean": done["final_loss"].mean(),
+            "loss_std": done["final_loss"].std(),
+            "ppl_mean": done["final_perplexity"].mean(),
+            "ppl_std": done["final_perplexity"].std(),
             "mb_per_run": done["bytes_total"].mean() / 1e6,
             "shipping_mb": done["shipping_bytes"].mean() / 1e6,
         }
@@ -60,14 +66,18 @@ def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def cell_seeds(done: pd.DataFrame) -> dict:
-    """Per-seed facts of one cell's finished runs: finals {seed: final accuracy %} (the paired tests' data),
-    one_class_runs / one_class_known (runs whose final evaluation predicted one class / whose predictions were
-    recorded) and best_rounds (the range of the runs' best rounds, e.g. "12–30")."""
+    """Per-seed facts of one cell's finished runs: per measure of MEASURES its {seed: value} (the paired tests'
+    data: finals = final accuracy %, loss_finals = final answer loss), one_class_runs / one_class_known (runs whose
+    final evaluation predicted one class / whose predictions were recorded) and best_rounds (the range of the runs'
+    best rounds, e.g. "12–30")."""
     known = done["one_class"].dropna()
-    usable = done.dropna(subset=["seed", "final"])
     rounds = sorted(done["best_round"].dropna().astype(int).unique())
+    per_seed = {}
+    for measure in MEASURES:
+        usable = done.dropna(subset=["seed", measure.column])
+        per_seed[measure.seeds] = dict(zip(usable["seed"].astype(int), usable[measure.column] * measure.scale))
     return {
-        "finals": dict(zip(usable["seed"].astype(int), usable["final"] * 100)),
+        **per_seed,
         "one_class_runs": int(known.astype(bool).sum()),
         "one_class_known": len(known),
         "best_rounds": "–".join(str(r) for r in dict.fromkeys(rounds[:1] + rounds[-1:])),
@@ -94,18 +104,22 @@ def table_cells(stats: pd.DataFrame, table: str) -> pd.DataFrame:
     return cells.iloc[order].reset_index(drop=True)
 
 
-def measure_link(a: pd.Series | None, b: pd.Series | None, names: tuple[str, str]) -> dict:
+def measure_link(a: pd.Series | None, b: pd.Series | None, names: tuple[str, str], measure: Measure) -> dict:
     """The paired t-test of cell a against cell b (named `names`) on the seeds both have finished: per-seed
-    differences of final-round accuracy in percentage points, A_s - B_s."""
+    differences A_s - B_s of `measure` (final-round accuracy in percentage points, answer loss in nats). A cell whose
+    every run predicted one class makes the link untestable only on a measure that it spoils (an accuracy)."""
     present = [c is not None and c["n"] > 0 for c in (a, b)]
-    finals = [c["finals"] if ok else {} for c, ok in zip((a, b), present)]
+    finals = [c[measure.seeds] if ok else {} for c, ok in zip((a, b), present)]
     seeds = sorted(set(finals[0]) & set(finals[1]))
     return {
         "test": paired_t([finals[0][s] - finals[1][s] for s in seeds]),
         "seeds": seeds,
         "seed_sets": (sorted(finals[0]), sorted(finals[1])),
         "missing": [name for name, ok in zip(names, present) if not ok],
-        "one_class": [name for name, c, ok in zip(names, (a, b), present) if ok and c["untestable"]],
+        "one_class": [
+            name for name, c, ok in zip(names, (a, b), present) if ok and c["untestable"] and measure.one_class
+        ],
+        "measure": measure,
     }
 
 
@@ -126,17 +140,19 @@ def _judge_block(cells: pd.DataFrame, table: str, block: str) -> list[dict]:
         names = {x for a, _, b in claim.links for x in (a, b)}
         links = [
             {"link": (a, op, b), "text": (claim.label(a), op, claim.label(b))}
-            | measure_link(by_name.get(a), by_name.get(b), (claim.label(a), claim.label(b)))
+            | measure_link(by_name.get(a), by_name.get(b), (claim.label(a), claim.label(b)), claim.measure)
             for a, op, b in claim.links
         ]
         present = {n for n, r in by_name.items() if r["n"] > 0}
         judged.append(
             {"table": table, "block": block, **where, "claim": claim.text, "missing": sorted(names - present)}
-            | {"links": links, "means": {n: by_name[n]["final_mean"] for n in names & present}}
-            | {"paper": paper_verdicts(claim, table, where)}
+            | {"links": links, "means": {n: by_name[n][claim.measure.mean] for n in names & present}}
+            | {"measure": claim.measure, "ours": claim.ours, "paper": paper_verdicts(claim, table, where)}
         )
     family = [link for j in judged for link in j["links"]]
-    outcomes = judge_family([(link["link"][1], link["test"], bool(link["one_class"])) for link in family])
+    outcomes = judge_family(
+        [(link["link"][1], link["test"], bool(link["one_class"]), link["measure"].better) for link in family]
+    )
     for link, (holm_p, verdict) in zip(family, outcomes):
         reason = verdict.reason
         if verdict.verdict == "untestable":

@@ -29,14 +29,27 @@ def _where(judged: dict) -> str:
     )
 
 
+def claim_text(judged: dict) -> str:
+    """The claim as the lines name it, marked where its measure is better lower (a loss) and where it is our
+    hypothesis rather than the paper's claim."""
+    notes = ["lower is better"] if judged["measure"].better < 0 else []
+    notes += ["our hypothesis, not the paper's"] if judged["ours"] else []
+    return judged["claim"] + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def _link_text(link: dict, means: dict[str, float]) -> str:
-    """e.g. "FedPFT 59.0 > FedOT 53.9: Δ +5.1 [−3.2, +13.4], n=3, p=0.12, Holm p=0.60 → inconclusive"."""
-    (a, op, b), (label_a, _, label_b) = link["link"], link["text"]
-    head = f"{label_a} {op} {label_b}" if link["missing"] else f"{label_a} {means[a]:.1f} {op} {label_b} {means[b]:.1f}"
+    """e.g. "FedPFT 59.0 > FedOT 53.9: Δ +5.1 [−3.2, +13.4], n=3, p=0.12, Holm p=0.60 → inconclusive" (values and
+    differences to the link's measure's decimals)."""
+    (a, op, b), (label_a, _, label_b), digits = link["link"], link["text"], link["measure"].digits
+    head = f"{label_a} {op} {label_b}"
+    if not link["missing"]:
+        head = f"{label_a} {means[a]:.{digits}f} {op} {label_b} {means[b]:.{digits}f}"
     test, verdict = link["test"], link["verdict"] + (f" ({link['reason']})" if link["reason"] else "")
     if test.n == 0:
         return f"{head}: {verdict}"
-    numbers = [f"Δ {test.interval_text()}", f"n={test.n}"] + ([f"p={format_p(test.p)}"] if test.p is not None else [])
+    numbers = [f"Δ {test.interval_text(digits)}", f"n={test.n}"] + (
+        [f"p={format_p(test.p)}"] if test.p is not None else []
+    )
     numbers += [f"Holm p={format_p(link['holm_p'])}"] if link["holm_p"] is not None else []
     return f"{head}: {', '.join(numbers)} → {verdict}"
 
@@ -47,7 +60,7 @@ def claim_line(judged: dict) -> str:
         verdict = f"n/a (missing: {', '.join(judged['missing'])})"
     detail = "; ".join(_link_text(link, judged["means"]) for link in judged["links"])
     paper = ", ".join(f"{row} {v}" for row, v in judged["paper"].items())
-    return f"- {_where(judged)}: {judged['claim']} — {verdict}: {detail}" + (f" [paper: {paper}]" if paper else "")
+    return f"- {_where(judged)}: {claim_text(judged)} — {verdict}: {detail}" + (f" [paper: {paper}]" if paper else "")
 
 
 def pairing_notes(judged: list[dict]) -> list[str]:
@@ -63,11 +76,13 @@ def pairing_notes(judged: list[dict]) -> list[str]:
 
 
 def test_line(judged: list[dict]) -> str:
-    """The rule the block's orderings are judged by, its Holm family size m and any unequal seed sets."""
+    """The rule the block's orderings are judged by (on which measures), its Holm family size m and any unequal seed
+    sets."""
     links = [link for j in judged for link in j["links"]]
     m, untestable = judged[0]["m"], sum(link["verdict"] == "untestable" for link in links)
+    measures = " and of ".join(dict.fromkeys(j["measure"].described() for j in judged))
     line = (
-        "Orderings: paired t-test on the per-seed differences of final-round accuracy (95 % t-interval, two-sided p), "
+        f"Orderings: paired t-test on the per-seed differences of {measures} (95 % t-interval, two-sided p), "
         f"Holm's correction across the m = {m} testable links of this block at family-wise α = {ALPHA:g}"
     )
     line += f" ({untestable} untestable link(s) left out)" if untestable else ""
@@ -79,14 +94,14 @@ def test_line(judged: list[dict]) -> str:
 
 def _bullet_link(link: dict) -> str:
     """e.g. "FedPFT − FedOT +5.1 [−3.2, +13.4] (inconclusive, Holm p 0.60)"."""
-    (label_a, _, label_b), test = link["text"], link["test"]
+    (label_a, _, label_b), test, digits = link["text"], link["test"], link["measure"].digits
     name = f"{label_a} − {label_b}"
     if test.n == 0:
         return f"{name}: {link['verdict']} ({link['reason']})"
     why = [link["reason"]] if link["reason"] else []
     shown = link["holm_p"] is not None and (link["link"][1] == ">" or link["verdict"] == "contradicted")
     why += [f"Holm p {format_p(link['holm_p'])}"] if shown else []
-    return f"{name} {test.interval_text()} ({', '.join([link['verdict'], *why])})"
+    return f"{name} {test.interval_text(digits)} ({', '.join([link['verdict'], *why])})"
 
 
 def verdict_bullet(judged: dict) -> str:
@@ -94,7 +109,7 @@ def verdict_bullet(judged: dict) -> str:
     block = " (BBC block)" if judged["block"] == "bbc" else ""
     ns = sorted({link["test"].n for link in judged["links"] if link["test"].n})
     seeds = f"{ns[0]}–{ns[-1]} common seeds" if len(ns) > 1 else f"{ns[0]} seed{'s' * (ns[0] != 1)}" if ns else ""
-    text = f"- Table {judged['table'].removeprefix('table')}{block}, {_where(judged)}: {judged['claim']} is "
+    text = f"- Table {judged['table'].removeprefix('table')}{block}, {_where(judged)}: {claim_text(judged)} is "
     text += f"**{judged['verdict']}**: " + ", ".join(_bullet_link(link) for link in judged["links"])
     text += f"; {seeds}." if seeds else "."
     held = [row for row, v in judged["paper"].items() if v == "held"]

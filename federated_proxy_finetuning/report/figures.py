@@ -1,6 +1,7 @@
 """The matplotlib figures of the tables (scripts/plot_results.py writes them as PNG files): per model and task of
 Table 1 FM accuracy per round and against cumulative bytes, of Table 2 final accuracy against the Dirichlet α, of
-Table 3 per ablation method and of Table 4 against t and p. A figure whose data is missing is None; only finished
+Table 3 per ablation method, of Table 4 against t and p, and of Table 5 (a decoder LLM, beyond the paper) its topic
+accuracy and answer loss per round, one figure per setting. A figure whose data is missing is None; only finished
 runs are drawn. Figures are built on matplotlib.figure.Figure, so no pyplot backend is needed."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from federated_proxy_finetuning.report.cells import cell_stats, table_cells
-from federated_proxy_finetuning.report.paper import METHODS
+from federated_proxy_finetuning.report.paper import METHODS, SETTING_LABELS, TABLES
 from federated_proxy_finetuning.report.runs import load_runs, read_metrics
 
 MB = 1e6
@@ -30,7 +31,8 @@ def method_color(method: str) -> str:
 
 
 def run_curve(path: str, metric: str) -> pd.DataFrame:
-    """round, accuracy (%) and cumulative MB (sent + received; NaN where the run logged no byte counts) of one run's
+    """round, accuracy (%), answer loss (a causal LM's eval_loss in nats; NaN for a classifier, whose evaluation has
+    no perplexity) and cumulative MB (sent + received; NaN where the run logged no byte counts) of one run's
     evaluated rounds."""
     rows, total = [], 0
     for record in read_metrics(path):
@@ -42,20 +44,23 @@ def run_curve(path: str, metric: str) -> pd.DataFrame:
                 {
                     "round": record["round"],
                     "accuracy": record["fm"][metric] * 100,
+                    "loss": record["fm"].get("eval_loss", math.nan) if "eval_perplexity" in record["fm"] else math.nan,
                     "mb": (cumulative or total) / MB if counted else math.nan,
                 }
             )
-    return pd.DataFrame(rows, columns=["round", "accuracy", "mb"])
+    return pd.DataFrame(rows, columns=["round", "accuracy", "loss", "mb"])
 
 
-def method_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """{method: per-round mean, min and max accuracy and mean cumulative MB over its finished seeds}."""
+def method_curves(runs: pd.DataFrame, value: str = "accuracy") -> dict[str, pd.DataFrame]:
+    """{method: per-round mean, min and max of `value` (a run_curve column: accuracy or loss) and mean cumulative MB
+    over its finished seeds}; rounds where no seed recorded the value are left out."""
     curves = {}
     for method, group in runs[runs["finished"]].groupby("method"):
         per_seed = pd.concat([run_curve(r.path, r.metric) for r in group.itertuples()], ignore_index=True)
+        per_seed = per_seed.dropna(subset=[value])
         if not per_seed.empty:
             by_round = per_seed.groupby("round")
-            curves[method] = by_round["accuracy"].agg(["mean", "min", "max"]).join(by_round["mb"].mean()).reset_index()
+            curves[method] = by_round[value].agg(["mean", "min", "max"]).join(by_round["mb"].mean()).reset_index()
     return dict(sorted(curves.items(), key=lambda kv: METHODS.index(kv[0]) if kv[0] in METHODS else len(METHODS)))
 
 
@@ -78,19 +83,43 @@ def _axes(title: str, xlabel: str, ncols: int = 1, width: float = 7) -> tuple[Fi
     return fig, axes
 
 
-def figure_rounds(runs: pd.DataFrame, title: str) -> Figure | None:
-    curves = method_curves(runs)
-    if not curves:
-        return None
-    fig, (ax,) = _axes(title + " — FM accuracy per round (mean over seeds, band min–max)", "round")
-    aligned = alignment_rounds(runs)
+def _draw_curves(ax, curves: dict[str, pd.DataFrame], aligned: list[int]) -> None:
+    """One line per method (mean over seeds, band min–max) and the FedPFT alignment rounds as dashed lines."""
     for x in aligned:
         ax.axvline(x, color="0.4", alpha=0.5, linewidth=0.8, linestyle="--")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for method, curve in curves.items():
         ax.plot(curve["round"], curve["mean"], color=method_color(method), label=method)
         ax.fill_between(curve["round"], curve["min"], curve["max"], color=method_color(method), alpha=0.2)
-    ax.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
+    if curves:
+        ax.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
+
+
+def figure_rounds(runs: pd.DataFrame, title: str) -> Figure | None:
+    curves = method_curves(runs)
+    if not curves:
+        return None
+    fig, (ax,) = _axes(title + " — FM accuracy per round (mean over seeds, band min–max)", "round")
+    _draw_curves(ax, curves, alignment_rounds(runs))
+    return fig
+
+
+TOPIC_CHANCE = 100 / 11  # % of wiki-qa's topic accuracy by chance: 11 topics
+
+
+def figure_lm_curves(runs: pd.DataFrame, title: str) -> Figure | None:
+    """A causal LM's FM per evaluated round: topic accuracy (left, with chance) and answer loss (right)."""
+    accuracy, loss = method_curves(runs), method_curves(runs, "loss")
+    if not accuracy and not loss:
+        return None
+    fig, (left, right) = _axes(title + " — FM per round (mean over seeds, band min–max)", "round", ncols=2, width=11)
+    left.set_ylabel("topic accuracy (%, calibrated label word)")
+    right.set_ylabel("answer loss (nats per answer token)")
+    aligned = alignment_rounds(runs)
+    _draw_curves(left, accuracy, aligned)
+    _draw_curves(right, loss, aligned)
+    left.axhline(TOPIC_CHANCE, color="0.5", linewidth=0.8, linestyle=":", label="chance (9.1 %)")
+    left.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
     return fig
 
 
@@ -185,17 +214,23 @@ def figures(root: str | Path, runs: pd.DataFrame) -> Iterator[tuple[str, Figure 
         cells = table_cells(stats, table)
         for (model, task), group in cells.groupby(["model", "task"], sort=False):
             yield f"{prefix}_{table}_{_slug(model)}_{_slug(task)}_{suffix}.png", draw(group, f"{model} · {task}")
+    table5 = runs[runs["table"] == "table5"]
+    for (model, task, setting), group in table5.groupby(["model", "task", "setting"]):
+        name = f"{prefix}_table5_{_slug(model)}_{_slug(task)}_curves" + (
+            "" if setting == "iid" else f"-{_slug(setting)}"
+        )
+        title = f"{model} · {task}" + ("" if setting == "iid" else f" · {SETTING_LABELS.get(setting, setting)}")
+        yield f"{name}.png", figure_lm_curves(group, title)
 
 
 def write_plots(root: str | Path, out: str | Path) -> tuple[list[Path], list[str]]:
-    """Save every figure under `out`; returns (written paths, notes on skipped figures and tables)."""
+    """Save every figure under `out`; returns (written paths, notes on skipped figures and on the paper's tables
+    without runs: Table 5, beyond the paper, is drawn when it has runs and passed over silently otherwise)."""
     runs = load_runs(root)
     out = Path(out)
     written, notes = [], []
     tables = set(runs["table"])
-    notes += [
-        f"skip {t}: no runs under {Path(root) / t}" for t in ("table1", "table2", "table3", "table4") if t not in tables
-    ]
+    notes += [f"skip {t}: no runs under {Path(root) / t}" for t in TABLES if t not in tables]
     for name, fig in figures(root, runs):
         if fig is None:
             notes.append(f"skip {name}: no finished runs with the data it needs")

@@ -1,6 +1,7 @@
-"""The tables as markdown: the legend, per table and block its header line, the cells with the paper's numbers
-beside ours, the settings each row's runs were trained with and the judged claims (claim_lines), and the ceilings
-after Table 1 (render)."""
+"""The tables as markdown: the legend, per table and block its header line (and the table's own note, where the
+legend does not cover it), the cells with the paper's numbers beside ours (and, for causal-LM runs, the answer loss
+and perplexity), the settings each row's runs were trained with and the judged claims (claim_lines), and the
+ceilings after Table 1 (render)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from federated_proxy_finetuning.report.paper import (
     MODELS,
     PAPER_MODEL,
     SETTING_LABELS,
+    TABLE_NOTES,
     TABLE_TITLES,
     TASKS,
     block_of,
@@ -30,10 +32,10 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def mean_std(mean: float, std: float) -> str:
+def mean_std(mean: float, std: float, spec: str = ".1f") -> str:
     if math.isnan(mean):
         return "–"
-    return fmt(mean) if math.isnan(std) else f"{fmt(mean)} ± {fmt(std)}"
+    return fmt(mean, spec) if math.isnan(std) else f"{fmt(mean, spec)} ± {fmt(std, spec)}"
 
 
 def accuracy_cell(cell: pd.Series) -> str:
@@ -86,33 +88,45 @@ def one_class_cell(cell: pd.Series) -> str:
 
 
 def cells_markdown(table: str, cells: pd.DataFrame) -> str:
-    head = ["model", "task", "setting", "method", "final acc % (n)", "best acc % (round ≥ 1)", "one-class runs"]
-    head += ["paper %", "client params (Mi)", "MB / run", "model shipping MB"]
+    """The cells as a markdown table; cells of causal-LM runs (an answer loss recorded) show the topic accuracy, the
+    final answer loss (nats) and perplexity, and their client parameters are decoder-layer parameters."""
+    lm = bool(cells["loss_mean"].notna().any())
+    acc = "topic acc" if lm else "acc"
+    head = ["model", "task", "setting", "method", f"final {acc} % (n)", f"best {acc} % (round ≥ 1)", "one-class runs"]
+    head += ["final answer loss", "perplexity"] if lm else []
+    head += ["paper %", "client params (Mi, decoder layers)" if lm else "client params (Mi)", "MB / run"]
+    head += ["model shipping MB"]
     rows = []
     for _, cell in cells.iterrows():
         best = mean_std(cell["best_mean"], cell["best_std"])
-        rows.append(
-            [
-                cell["model"],
-                task_label(cell["task"]),
-                SETTING_LABELS.get(cell["setting"], cell["setting"]) + (" †" if cell["shared_from"] else ""),
-                cell["method"],
-                accuracy_cell(cell),
-                best + (f" (round {cell['best_rounds']})" if cell["best_rounds"] and best != "–" else ""),
-                one_class_cell(cell),
-                paper_cell(table, cell),
-                fmt(cell["client_params_mi"]),
-                fmt(cell["mb_per_run"]),
-                fmt(cell["shipping_mb"]),
+        row = [
+            cell["model"],
+            task_label(cell["task"]),
+            SETTING_LABELS.get(cell["setting"], cell["setting"]) + (" †" if cell["shared_from"] else ""),
+            cell["method"],
+            accuracy_cell(cell),
+            best + (f" (round {cell['best_rounds']})" if cell["best_rounds"] and best != "–" else ""),
+            one_class_cell(cell),
+        ]
+        if lm:
+            row += [
+                mean_std(cell["loss_mean"], cell["loss_std"], ".3f"),
+                mean_std(cell["ppl_mean"], cell["ppl_std"], ".2f"),
             ]
-        )
+        row += [
+            paper_cell(table, cell),
+            fmt(cell["client_params_mi"]),
+            fmt(cell["mb_per_run"]),
+            fmt(cell["shipping_mb"]),
+        ]
+        rows.append(row)
     return markdown_table(head, rows)
 
 
 def settings_lines(runs: pd.DataFrame) -> list[str]:
     """One line per model · task of a block: the settings its runs were trained with (several values joined by /),
     so a row with its own learning rate, LoRA α, batch or t shows them."""
-    from federated_proxy_finetuning.tasks import TEXT_TASKS  # the tasks whose inputs are token sequences
+    from federated_proxy_finetuning.tasks import LM_TASKS, TEXT_TASKS  # the tasks whose inputs are token sequences
 
     lines = []
     for (model, task), group in runs.groupby(["model", "task"], sort=False):
@@ -124,7 +138,7 @@ def settings_lines(runs: pd.DataFrame) -> list[str]:
         )
         if not group["eval_round_zero"].any():
             line += " (not the untrained model of round 0: with a seed, every method's and partition's is the same)"
-        if task in TEXT_TASKS and group["max_length"].notna().any():
+        if (task in TEXT_TASKS or task in LM_TASKS) and group["max_length"].notna().any():
             line += f", at most {_values(group['max_length'])} tokens"
         if group["align_t"].notna().any():
             line += f"; alignment every t = {_values(group['align_t'])} rounds, p = {_values(group['align_p'])}"
@@ -133,17 +147,19 @@ def settings_lines(runs: pd.DataFrame) -> list[str]:
 
 
 def render_block(root: Path, table: str, block: str, runs: pd.DataFrame, cells: pd.DataFrame, judged: list) -> str:
-    """One block of a table: header line(s), cells, the rows' settings and judged claims; the BBC block under its
-    own sub-heading."""
+    """One block of a table: header line(s) with the table's note, cells, the rows' settings and judged claims (the
+    paper's, or our hypotheses beyond the paper); the BBC block under its own sub-heading."""
     lines = [BBC_HEADING, ""] if block == "bbc" else []
     own = runs[(runs["table"] == table) & (runs["task"].map(block_of) == block)]
     lines.append(header_line(root, table, own, int((cells["shared_from"] != "").sum())))
+    lines += [TABLE_NOTES[table]] if table in TABLE_NOTES else []
     lines += [test_line(judged)] if judged else []
     lines += ["", cells_markdown(table, cells)]
     if not own.empty:
         lines += ["", "Settings of each row's runs:", *settings_lines(own.sort_values(["model", "task"]))]
     if judged:
-        lines += ["", "Orderings the paper claims, each link judged on paired per-seed differences:"]
+        whose = "Orderings we hypothesise (not the paper's claims)" if all(j["ours"] for j in judged) else ""
+        lines += ["", f"{whose or 'Orderings the paper claims'}, each link judged on paired per-seed differences:"]
         lines += [claim_line(j) for j in judged]
     return "\n".join(lines)
 

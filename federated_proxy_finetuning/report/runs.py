@@ -22,6 +22,8 @@ RUN_COLUMNS = CELL + [
     "finished",
     "metric",
     "final",
+    "final_loss",
+    "final_perplexity",
     "best",
     "final_round",
     "best_round",
@@ -41,7 +43,8 @@ RUN_COLUMNS = CELL + [
     "align_p",
     "path",
 ]
-NUMERIC = ["seed", "final", "best", "final_round", "best_round", "rounds", "num_clients", "proportion"]
+NUMERIC = ["seed", "final", "final_loss", "final_perplexity", "best", "final_round", "best_round", "rounds"]
+NUMERIC += ["num_clients", "proportion"]
 NUMERIC += ["client_params", "fm_params", "bytes_total", "shipping_bytes", "wall_seconds"]
 NUMERIC += [*SETTING_FIELDS, "align_t", "align_p"]
 
@@ -111,6 +114,15 @@ def predictions(metrics: list[dict], metric: str) -> tuple[bool | None, list[int
     return sum(c > 0 for c in counts) == 1, counts
 
 
+def answer_loss(final: dict) -> tuple[float | None, float | None]:
+    """(eval_loss, eval_perplexity) of a causal LM's final evaluation: the token-weighted negative log-likelihood of
+    the answer tokens on the held-out records and its exp. (None, None) for a classifier, whose final evaluation has
+    no perplexity: its eval_loss is the classification loss, which the tables do not report."""
+    if "eval_perplexity" not in final:
+        return None, None
+    return final.get("eval_loss"), final["eval_perplexity"]
+
+
 def training_settings(args: dict) -> dict:
     """The flags a row's runs were trained with (config.json args), for the settings line under each block; the
     alignment interval t and updated share p = 1 - retained ratio only where the run aligned."""
@@ -151,12 +163,15 @@ def run_record(root: Path, run: Path) -> dict | None:
         best = summary.get("best_metric", (summary.get("best") or {}).get(metric))
         best_round = summary.get("best_round")
     one_class, counts = predictions(metrics, metric)
+    loss, perplexity = answer_loss(summary.get("final") or {})
     return {
         **dict(zip(CELL, parts)),
         "seed": seed,
         "finished": bool(summary.get("finished", False)),
         "metric": metric,
         "final": (summary.get("final") or {}).get(metric),
+        "final_loss": loss,
+        "final_perplexity": perplexity,
         "best": best,
         "final_round": summary.get("final_round"),
         "best_round": best_round,
@@ -177,7 +192,7 @@ def run_record(root: Path, run: Path) -> dict | None:
 
 def load_runs(root: str | Path) -> pd.DataFrame:
     """One row per run folder under <root>/table*/ and <root>/ceiling/ (columns RUN_COLUMNS; accuracies as
-    fractions, NaN if missing)."""
+    fractions, NaN if missing; final_loss and final_perplexity only for causal-LM runs)."""
     root = Path(root)
     tables = [t for t in sorted(root.iterdir()) if t.is_dir() and re.fullmatch(r"table\d+|ceiling", t.name)]
     records = [run_record(root, run) for table in tables for run in run_dirs(table)]

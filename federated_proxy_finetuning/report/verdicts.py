@@ -5,8 +5,9 @@ difference A_s - B_s of their final accuracies is a paired observation. A link "
 (ties allowed) is judged with a two-sided paired t-test on those differences; the p-values of all testable links of
 one family (one block of one table) are adjusted with Holm's step-down method at family-wise level ALPHA.
 
-Link verdicts: a strict link is *held* when its Holm p ≤ ALPHA and the mean difference is positive, *contradicted*
-when its Holm p ≤ ALPHA and the mean difference is negative, *inconclusive* otherwise; a tie-allowing link is
+Link verdicts: a strict link is *held* when its Holm p ≤ ALPHA and the mean difference points the better way
+(positive where higher is better, as for an accuracy; negative where lower is, as for a loss: see measures.py),
+*contradicted* when its Holm p ≤ ALPHA and it points the other way, *inconclusive* otherwise; a tie-allowing link is
 *consistent* unless contradicted. A link with one common seed is inconclusive (no interval), one without a common
 seed is n/a, one touching a cell whose every run predicted a single class is *untestable* and leaves the family.
 """
@@ -37,18 +38,18 @@ class PairedTest:
     high: float | None = None
     p: float | None = None
 
-    def interval_text(self) -> str:
-        """The mean difference and its interval in points, e.g. "+5.1 [−3.2, +13.3]" ("+5.1" without an interval,
-        "" when n = 0)."""
+    def interval_text(self, digits: int = 1) -> str:
+        """The mean difference and its interval to `digits` decimals, e.g. "+5.1 [−3.2, +13.3]" ("+5.1" without an
+        interval, "" when n = 0)."""
         if self.delta is None:
             return ""
-        bounds = "" if self.low is None else f" [{signed(self.low)}, {signed(self.high)}]"
-        return signed(self.delta) + bounds
+        bounds = "" if self.low is None else f" [{signed(self.low, digits)}, {signed(self.high, digits)}]"
+        return signed(self.delta, digits) + bounds
 
 
-def signed(value: float) -> str:
-    """A value to one decimal with its sign and a typographic minus, e.g. "+5.1", "−3.2"."""
-    return f"{value:+.1f}".replace("-", "−")
+def signed(value: float, digits: int = 1) -> str:
+    """A value to `digits` decimals with its sign and a typographic minus, e.g. "+5.1", "−3.2"."""
+    return f"{value:+.{digits}f}".replace("-", "−")
 
 
 def format_p(p: float) -> str:
@@ -100,35 +101,36 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def link_verdict(
-    op: str, test: PairedTest, holm_p: float | None, untestable: bool = False, alpha: float = ALPHA
+    op: str, test: PairedTest, holm_p: float | None, untestable: bool = False, alpha: float = ALPHA, better: int = 1
 ) -> LinkVerdict:
-    """The verdict of link `A op B` (op ">" or "≥") from its paired test and Holm-adjusted p (see the module
-    docstring)."""
+    """The verdict of link `A op B` (op ">" or "≥": A better than B) from its paired test of A_s - B_s and
+    Holm-adjusted p (see the module docstring); `better` is +1 when higher values are better, -1 when lower are."""
     if untestable:
         return LinkVerdict("untestable", "a cell predicted one class in every run")
     if test.n == 0:
         return LinkVerdict("n/a", "no common seed")
     if test.n == 1:
         return LinkVerdict("inconclusive", "1 common seed")
-    significant = holm_p is not None and holm_p <= alpha
-    if significant and test.delta < 0:
+    significant, gain = holm_p is not None and holm_p <= alpha, test.delta * better  # gain > 0: A is better
+    if significant and gain < 0:
         return LinkVerdict("contradicted")
     if op == TIES:
         return LinkVerdict("consistent")
-    return LinkVerdict("held" if significant and test.delta > 0 else "inconclusive")
+    return LinkVerdict("held" if significant and gain > 0 else "inconclusive")
 
 
 def judge_family(
-    links: Sequence[tuple[str, PairedTest, bool]], alpha: float = ALPHA
+    links: Sequence[tuple[str, PairedTest, bool] | tuple[str, PairedTest, bool, int]], alpha: float = ALPHA
 ) -> list[tuple[float | None, LinkVerdict]]:
-    """(Holm p, verdict) of every link (op, paired test, untestable) of one family. The family, over which Holm's
-    adjustment runs, is the testable links: those not untestable with a p-value (two or more common seeds); the
-    others get Holm p None."""
-    testable = [i for i, (_, test, untestable) in enumerate(links) if not untestable and test.p is not None]
+    """(Holm p, verdict) of every link (op, paired test, untestable[, better]) of one family; `better` (+1 if left
+    out) is the direction of the link's measure, so links on an accuracy and on a loss can share one family. The
+    family, over which Holm's adjustment runs, is the testable links: those not untestable with a p-value (two or more
+    common seeds); the others get Holm p None."""
+    testable = [i for i, (_, test, untestable, *_) in enumerate(links) if not untestable and test.p is not None]
     adjusted = dict(zip(testable, holm([links[i][1].p for i in testable])))
     return [
-        (adjusted.get(i), link_verdict(op, test, adjusted.get(i), untestable, alpha))
-        for i, (op, test, untestable) in enumerate(links)
+        (adjusted.get(i), link_verdict(op, test, adjusted.get(i), untestable, alpha, *better))
+        for i, (op, test, untestable, *better) in enumerate(links)
     ]
 
 
