@@ -49,13 +49,22 @@ def check_adapters_match(sub_state: dict, fm_state: dict) -> None:
 
 class LayerRenamer:
     """Maps adapter keys between client-model layer indices and FM layer indices: the identity for a sub-FM or the
-    FM itself, a renaming for FedOT's emulator, which drops layers (spec §4.13)."""
+    FM itself, a renaming for FedOT's emulator, which drops layers (spec §4.13). With LoRA on the FFN, a sub-FM's
+    cut FFN holds only the kept neurons: `neurons` {client layer: FM neuron indices} gathers their rows (the input
+    matrices' lora_B and biases) and columns (the output matrix's lora_A) for the client and scatters a client's
+    back into the FM-shaped adapter, whose other neurons it leaves as they are."""
 
-    def __init__(self, family: Family, layer_map: Sequence[int]) -> None:
+    def __init__(
+        self, family: Family, layer_map: Sequence[int], neurons: dict[int, torch.Tensor] | None = None
+    ) -> None:
         self.to_fm_index = {j: i for j, i in enumerate(layer_map)}
         self.to_sub_index = {i: j for j, i in enumerate(layer_map)}
         self.identity = list(layer_map) == list(range(len(layer_map)))
         self.pattern = re.compile(rf"(\.{re.escape(family.layers)}\.)(\d+)(\.)")
+        self.neurons = {self.to_fm_index[j]: idx for j, idx in (neurons or {}).items()}  # FM layer -> neurons
+        ffn = family.ffn
+        self.neuron_axis = [(f".{name}.lora_B.weight", 0) for name in ffn.inputs]
+        self.neuron_axis += [(f".{name}.bias", 0) for name in ffn.inputs] + [(f".{ffn.output}.lora_A.weight", 1)]
 
     def _rename(self, state: dict, mapping: dict) -> dict:
         if self.identity:
@@ -64,18 +73,48 @@ class LayerRenamer:
             self.pattern.sub(lambda m: f"{m[1]}{mapping[int(m[2])]}{m[3]}", k, count=1): v for k, v in state.items()
         }
 
-    def to_fm(self, state: dict) -> dict:
-        return self._rename(state, self.to_fm_index)
+    def _cut(self, key: str) -> tuple[torch.Tensor, int] | None:
+        """(FM neuron indices, neuron axis) when `key` (FM names) is a per-neuron tensor of a cut FFN, else None."""
+        if not self.neurons:
+            return None
+        match = self.pattern.search(key)
+        if match is None or int(match[2]) not in self.neurons:
+            return None
+        axis = next((a for suffix, a in self.neuron_axis if key.endswith(suffix)), None)
+        return None if axis is None else (self.neurons[int(match[2])], axis)
+
+    def to_fm(self, state: dict, base: dict | None = None) -> dict:
+        """A client's adapter in FM names and shapes: a cut FFN's neurons scattered into `base` (the FM-shaped
+        adapter it was trained from)."""
+        renamed = self._rename(state, self.to_fm_index)
+        for key, value in renamed.items():
+            if (cut := self._cut(key)) is not None:
+                renamed[key] = base[key].clone().index_copy_(cut[1], cut[0], value)
+        return renamed
 
     def to_sub(self, state: dict) -> dict:
-        return self._rename(state, self.to_sub_index)
+        """The FM-shaped adapter in a client model's names and shapes (a cut FFN's kept neurons gathered)."""
+        gathered = {k: (v if (cut := self._cut(k)) is None else v.index_select(cut[1], cut[0])) for k, v in state.items()}
+        return self._rename(gathered, self.to_sub_index)
+
+    def zero_cut_neurons(self, fm) -> None:
+        """Zero the LoRA of the FM's neurons no client holds (the output matrix's lora_A columns; the inputs' lora_B
+        start at zero): the plugged-in adapter then changes exactly the neurons the clients trained."""
+        with torch.no_grad():
+            for name, param in fm.named_parameters():
+                cut = self._cut(name.replace(".lora_A.default.", ".lora_A."))
+                if cut is not None and cut[1] == 1:
+                    others = torch.ones(param.shape[1], dtype=torch.bool)
+                    others[cut[0]] = False
+                    param[:, others] = 0.0
 
 
-def lora_target_regex(family: Family, layers: Sequence[int]) -> str:
+def lora_target_regex(family: Family, layers: Sequence[int], ffn: bool = False) -> str:
     """Regex over full module names: the attention projections (q, k, v, o) of the given layers (spec §4.4; the
-    reference's ViT target-name bug, spec §6.11, is not copied)."""
+    reference's ViT target-name bug, spec §6.11, is not copied), and with `ffn` the FFN's input and output matrices."""
     idx = "|".join(str(i) for i in layers)
-    mods = "|".join(re.escape(m) for m in family.attention)
+    names = [*family.attention, *((*family.ffn.inputs, family.ffn.output) if ffn else ())]
+    mods = "|".join(re.escape(m) for m in names)
     return rf".*\.{re.escape(family.layers)}\.({idx})\.({mods})$"
 
 
@@ -88,8 +127,10 @@ def with_lora(
     dropout: float = 0.1,
     bias: str = "none",
     modules_to_save: Sequence[str] | None = None,
+    ffn: bool = False,
 ):
-    """`model` with LoRA on the attention of `layers`; the head (the family's, unless named) trains whole."""
+    """`model` with LoRA on the attention of `layers` (and their FFN with `ffn`); the head (the family's, unless
+    named) trains whole."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -97,7 +138,7 @@ def with_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         bias=bias,
-        target_modules=lora_target_regex(family, layers),
+        target_modules=lora_target_regex(family, layers, ffn),
         modules_to_save=list(modules_to_save) if modules_to_save is not None else list(family.head),
     )
     return get_peft_model(model, config)

@@ -20,12 +20,18 @@ from sub_model_construct.typed_settings import (
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA on the attention projections, plus the head trained whole (spec §4.4)"""
+    """LoRA on the attention projections (and, as an option, the FFN), plus the head trained whole (spec §4.4)"""
 
     rank: int = option(4, "LoRA rank (at most the FM's hidden size)", valid=AT_LEAST_ONE, flag="lora_rank")
     alpha: float = option(16, "LoRA alpha (scaling alpha / rank)", parse=float, valid=POSITIVE, flag="lora_alpha")
     dropout: float = option(0.1, "dropout on the LoRA input", valid=PROBABILITY, flag="lora_dropout")
     bias: str = option("none", "which biases train", choices=("none", "all", "lora_only"))
+    ffn: bool = option(
+        False,
+        "LoRA also on the FFN matrices (gate/up/down; intermediate/output); on a sub-FM's cut FFN it covers the "
+        "kept neurons and plugs into the FM at those neurons",
+        flag="lora_ffn",
+    )
     modules_to_save: tuple[str, ...] | None = option(
         None, "modules trained whole and communicated (default: the family's head)", nargs="*"
     )

@@ -33,7 +33,7 @@ class GlobalAdapter:
 
     def from_client(self, adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A client's adapter in FM layer names."""
-        return self.renamer.to_fm(adapter)
+        return self.renamer.to_fm(adapter, self.state)
 
     # ------------------------------------------------------------------ the server's steps
     def aggregate(

@@ -10,7 +10,7 @@ import torch
 from sub_model_construct import reads
 from sub_model_construct.cli import UsageError
 from sub_model_construct.emulator import build_layer_drop_emulator
-from sub_model_construct.families import Family, UnsupportedModelError, backbone, family_of
+from sub_model_construct.families import Family, UnsupportedModelError, backbone, encoder_layers, family_of
 from sub_model_construct.sub_model import check_derived_from, compressed_layers, encoder_layer_parameters
 from sub_model_construct.sub_model_io import load_sub_model
 
@@ -49,6 +49,23 @@ def client_backbone(s: FedSettings, fm, head_class, labels: dict):
     return sub
 
 
+def kept_neurons(s: FedSettings, sub, fm, family: Family) -> dict[int, torch.Tensor]:
+    """{client layer: the FM neurons its cut FFN kept}, as its construction recorded them (`ffn_neurons`); every
+    cut layer must have them when LoRA covers the FFN (--lora_ffn), else a sub-FM built before they were recorded
+    is refused in one line."""
+    config = backbone(sub).config
+    recorded = getattr(config, "ffn_neurons", None) or {}
+    fm_widths = [family.ffn.width(layer) for layer in encoder_layers(fm, family)]
+    cut = [j for j, i in enumerate(config.layer_map) if config.ffn_widths[j] < fm_widths[i]]
+    missing = [j for j in cut if str(j) not in recorded]
+    if s.lora.ffn and missing:
+        raise UsageError(
+            f"--lora_ffn needs the kept neurons of every cut FFN, and {s.sub_model_checkpoint} records none for "
+            f"layers {missing}: rebuild it with sub_model_construct/distill.py"
+        )
+    return {j: torch.tensor(recorded[str(j)], dtype=torch.long) for j in cut if str(j) in recorded}
+
+
 @torch.no_grad()
 def share_output_embeddings(fm, sub) -> None:
     """A causal LM's output projection is the FM's: distillation trains the backbone only. A tied one already is
@@ -61,7 +78,12 @@ def share_output_embeddings(fm, sub) -> None:
 def lora_options(s: FedSettings) -> dict:
     lora = s.lora
     return dict(
-        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, bias=lora.bias, modules_to_save=lora.modules_to_save
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        bias=lora.bias,
+        modules_to_save=lora.modules_to_save,
+        ffn=lora.ffn,
     )
 
 
@@ -98,8 +120,11 @@ def build_models(s: FedSettings, modality: Modality, task, fm_config):
     sub_params = encoder_layer_parameters(sub)
     fm_peft = with_lora(fm, family, [layer_map[j] for j in tuned], **lora_options(s))
     client = client_with_lora(s, sub)
-    renamer = LayerRenamer(family, layer_map)
-    check_adapters_match(renamer.to_fm(adapter_state(client)), adapter_state(fm_peft))
+    renamer = LayerRenamer(family, layer_map, kept_neurons(s, sub, fm, family))
+    if s.lora.ffn:
+        renamer.zero_cut_neurons(fm_peft)
+    fm_state = adapter_state(fm_peft)
+    check_adapters_match(renamer.to_fm(adapter_state(client), fm_state), fm_state)
     compressed = compressed_layers(sub_config) if s.kind.aligns else []
     pairs = [(sub_config.layer_targets[j], j) for j in compressed]
     return fm_peft, client, renamer, pairs, sub_params, fm_params

@@ -145,11 +145,14 @@ def build_sub_model(
     if saliency is not None:
         _check_saliency(saliency, [ffn.width(layer) for layer in encoder_layers(fm, family)], layers_retained)
     sub = copy.deepcopy(fm)
-    widths = []
+    widths, kept = [], {}
     for i, layer in enumerate(encoder_layers(sub, family)):
         if i not in layers_retained:
             scores = ffn.saliency(layer) if saliency is None else saliency[i].to(_layer_device(layer))
-            ffn.slice(layer, select_neurons(scores, intermediate_rank))
+            neurons = select_neurons(scores, intermediate_rank)
+            ffn.slice(layer, neurons)
+            if not neurons.is_meta:  # a shape-only (meta) model has no neurons to name
+                kept[str(i)] = neurons.tolist()
         widths.append(ffn.width(layer))
     n = config.num_hidden_layers
     record_sub_config(
@@ -158,6 +161,7 @@ def build_sub_model(
         intermediate_rank=intermediate_rank,
         qk_rank=qk_rank,
         ffn_widths=widths,
+        ffn_neurons=kept,  # {layer: the FM neurons kept, in sub-FM order}: LoRA on a cut FFN plugs in at them
         layer_map=list(range(n)),
         layer_targets=list(range(n)),
         fm_num_hidden_layers=n,

@@ -5,6 +5,7 @@ the FM with answer loss, perplexity and topic accuracy, a stock PEFT checkpoint,
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,49 @@ def test_the_baselines_run_on_a_causal_lm(assets, method):
     # FedOT tunes the adapter layers only (FM layers 0 and 3); FedPETuning every layer
     assert layers == ({0, 3} if method == "fedot" else {0, 1, 2, 3})
     assert records[1]["bytes_received"] == 2 * sum(t.numel() * t.element_size() for t in keys.values())
+
+
+def test_lora_on_the_ffn_plugs_into_the_kept_neurons(assets, tmp_path):
+    """--lora_ffn: LoRA also on gate/up/down. On the sub-FM's cut layers (1 and 2: 16 of 64 neurons) the clients
+    train the kept neurons' rows and columns only; the FM-shaped global adapter holds zeros at every other neuron,
+    so the plugged-in adapter changes exactly the neurons the clients trained, and the bytes are the client's."""
+    from safetensors.torch import load_file
+
+    done = fedtune(assets, "ffn", "--lora_ffn", "True")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = metrics(assets, "ffn")
+    assert records[3]["fm"]["eval_loss"] < records[0]["fm"]["eval_loss"]
+    (checkpoint,) = (assets / "ffn").glob("*/*/*/server/checkpoint-round3")
+    state = load_file(str(checkpoint / "adapter_model.safetensors"))
+    kept = json.loads((assets / "sub" / "config.json").read_text())["ffn_neurons"]
+    assert sorted(kept) == ["1", "2"] and all(len(v) == 16 for v in kept.values())
+    dropped_entries = 0
+    for layer in range(4):
+        key = f"model.layers.{layer}.mlp.%s.weight"
+        gate, up = (next(v for k, v in state.items() if k.endswith(key % f"{m}_proj.lora_B")) for m in ("gate", "up"))
+        down = next(v for k, v in state.items() if k.endswith(key % "down_proj.lora_A"))
+        assert gate.shape == up.shape == (64, 4) and down.shape == (4, 64)  # FM shapes
+        others = torch.ones(64, dtype=torch.bool)
+        if str(layer) in kept:
+            others[kept[str(layer)]] = False
+            assert not gate[others].any() and not up[others].any() and not down[:, others].any()
+            assert gate[~others].any() and down[:, ~others].any()  # the kept neurons were trained
+            dropped_entries += 3 * int(others.sum()) * 4
+        else:
+            assert gate.any() and up.any()  # a whole layer: every neuron
+    fm_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    assert records[1]["bytes_received"] == 2 * (fm_bytes - 4 * dropped_entries)
+    from peft import PeftModel
+
+    plugged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets / "fm"), str(checkpoint))
+    assert sum("lora_" in n for n, _ in plugged.named_parameters()) == len(state)
+    # a sub-FM that records no kept neurons (built before they were recorded) is refused in one line
+    old = tmp_path / "old-sub"
+    shutil.copytree(assets / "sub", old)
+    config = json.loads((old / "config.json").read_text())
+    del config["ffn_neurons"]
+    (old / "config.json").write_text(json.dumps(config))
+    refused = fedtune(assets, "refused-ffn", "--lora_ffn", "True", "--sub_model_checkpoint", str(old))
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and len(lines) == 1 and "--lora_ffn needs the kept neurons" in lines[0]
+    assert not (assets / "refused-ffn").exists()
