@@ -45,7 +45,20 @@ class ClientState:
         self.accelerator = Accelerator(cpu=self.settings.cpu or not torch.cuda.is_available())
 
     def has_model(self) -> bool:
-        return "client-model" in self.context.node_config or "client_model" in self.context.state
+        """Whether the client model is here: shipped, or a local folder (`client-model`) that lacks nothing. A local
+        sub-FM of a causal LM whose output projection is untied lacks the FM's projection: the server ships it."""
+        if "client_model" in self.context.state:
+            return True
+        local = self.context.node_config.get("client-model")
+        if not local:
+            return False
+        from transformers import AutoConfig
+
+        from sub_model_construct.families import family_of
+
+        config = AutoConfig.from_pretrained(str(local))
+        untied = not getattr(config, "tie_word_embeddings", True)
+        return not (untied and family_of(config).modality.name == "causal-lm")
 
     def trainer(self):
         from transformers import AutoConfig
@@ -85,7 +98,7 @@ class ClientState:
         head = self.modality.head_class()
         labels = self.modality.head_kwargs(task)
         local = self.context.node_config.get("client-model")
-        if local:
+        if local and self.has_model():
             config = AutoConfig.from_pretrained(str(local))
             if is_sub_model_config(config):
                 model = load_sub_model(str(local), head, **labels)
@@ -97,6 +110,9 @@ class ClientState:
             config = AutoConfig.for_model(values.pop("model_type"), **values)
             model = sub_model_from_config(config, head) if is_sub_model_config(config) else head.from_config(config)
             load_backbone_state(backbone(model), state_of(stored["client_model"]), source="the shipped client model")
+            if "client_output" in stored:  # an untied output projection, the FM's
+                with torch.no_grad():
+                    model.get_output_embeddings().weight.copy_(state_of(stored["client_output"])["weight"])
         self.modality.prepare(model)
         return client_with_lora(self.settings, model).to(self.accelerator.device)
 
@@ -110,6 +126,8 @@ def client_query(message: Message, context: Context) -> Message:
     if action == INSTALL:
         context.state["client_model"] = message.content["client_model"]
         context.state["client_config"] = message.content["config"]
+        if "output_projection" in message.content:
+            context.state["client_output"] = message.content["output_projection"]
         return Message(RecordDict({"config": ConfigRecord({"installed": True})}), reply_to=message)
     raise ValueError(f"unknown query action {action!r}")
 

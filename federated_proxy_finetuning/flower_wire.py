@@ -44,7 +44,8 @@ def wire_bytes(message: Message) -> int:
 
 # ----------------------------------------------------------------------------------------------- payloads
 def client_model_payload(client_model) -> RecordDict:
-    """The client model as a client must first receive it: config and weights except LoRA and head."""
+    """The client model as a client must first receive it: config and weights except LoRA and head, and a causal
+    LM's output projection where it is not tied to the input embeddings (the FM's, which the client lacks)."""
     base = client_model.get_base_model() if hasattr(client_model, "get_base_model") else client_model
     state = {}
     for name, tensor in backbone(base).state_dict().items():
@@ -52,7 +53,18 @@ def client_model_payload(client_model) -> RecordDict:
             continue
         state[name.replace(".base_layer.", ".")] = tensor.detach().cpu().contiguous()
     config = ConfigRecord({"action": INSTALL, "config": json.dumps(base.config.to_dict())})
-    return RecordDict({"config": config, "client_model": record_of(state)})
+    records = {"config": config, "client_model": record_of(state)}
+    output = untied_output_projection(base)
+    if output is not None:
+        records["output_projection"] = record_of({"weight": output.weight})
+    return RecordDict(records)
+
+
+def untied_output_projection(model):
+    """A causal LM's output projection when it is not tied to the input embeddings, else None (tied, or a
+    classification model, which has none)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return None if head is None or model.config.tie_word_embeddings else head
 
 
 def state_of(record: ArrayRecord) -> dict[str, torch.Tensor]:

@@ -27,14 +27,23 @@ FEDTUNE = ROOT / "federated_proxy_finetuning" / "fedtune.py"
 def assets(tmp_path_factory) -> Path:
     """A tiny LLaMA FM (the MiniLM tokenizer with a chat template), its sub-FM (layers 0 and 3 whole, FFN 64 -> 16),
     a wiki-qa-shaped task and a public text corpus."""
+    return make_assets(tmp_path_factory.mktemp("causal"), tied=True)
+
+
+@pytest.fixture(scope="module")
+def untied_assets(tmp_path_factory) -> Path:
+    """The same with an output projection of its own (not tied to the input embeddings), as Mistral's."""
+    return make_assets(tmp_path_factory.mktemp("causal-untied"), tied=False)
+
+
+def make_assets(root: Path, tied: bool) -> Path:
     if not (MINILM / "tokenizer_config.json").exists():
         pytest.skip("pretrain_models/all-MiniLM-L6-v2 not fetched (bash scripts/fetch_assets.sh)")
-    root = tmp_path_factory.mktemp("causal")
     tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
     tokenizer.chat_template, tokenizer.eos_token = TEMPLATE, "[SEP]"
     config = LlamaConfig(
         hidden_size=32, num_hidden_layers=4, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=True,
+        vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=tied,
     )  # fmt: skip
     torch.manual_seed(0)
     fm = AutoModelForCausalLM.from_config(config)
@@ -147,9 +156,11 @@ def test_two_processes_match_one(assets):
         assert ra.get("clients") == rb.get("clients")
 
 
-def test_a_flower_deployment_gives_the_simulations_numbers(assets):
-    """A SuperLink and 2 SuperNodes as separate processes, each SuperNode sent the tiny LLaMA sub-FM at first contact:
-    the same numbers as fedtune.py's simulation."""
+def test_a_flower_deployment_gives_the_simulations_numbers(untied_assets):
+    """A SuperLink and 2 SuperNodes as separate processes, each SuperNode sent the tiny LLaMA sub-FM at first contact
+    with its untied output projection (the FM's, which a node lacks; a tied one travels with the embeddings): the
+    same numbers as fedtune.py's simulation."""
+    assets = untied_assets
     pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install -e '.[flower]')")
     from tests.test_flower import _free_port_block
 
