@@ -63,8 +63,11 @@ class LayerRenamer:
         self.pattern = re.compile(rf"(\.{re.escape(family.layers)}\.)(\d+)(\.)")
         self.neurons = {self.to_fm_index[j]: idx for j, idx in (neurons or {}).items()}  # FM layer -> neurons
         ffn = family.ffn
-        self.neuron_axis = [(f".{name}.lora_B.weight", 0) for name in ffn.inputs]
-        self.neuron_axis += [(f".{name}.bias", 0) for name in ffn.inputs] + [(f".{ffn.output}.lora_A.weight", 1)]
+        # per-neuron tensors by their name below the layer ("mlp.gate_proj.lora_B.weight"), and the neurons' axis
+        self.neuron_axis = {f"{name}.lora_B.weight": 0 for name in ffn.inputs} | {
+            f"{name}.bias": 0 for name in ffn.inputs
+        }
+        self.neuron_axis[f"{ffn.output}.lora_A.weight"] = 1
 
     def _rename(self, state: dict, mapping: dict) -> dict:
         if self.identity:
@@ -80,7 +83,7 @@ class LayerRenamer:
         match = self.pattern.search(key)
         if match is None or int(match[2]) not in self.neurons:
             return None
-        axis = next((a for suffix, a in self.neuron_axis if key.endswith(suffix)), None)
+        axis = self.neuron_axis.get(key[match.end() :])  # exact: attention.output.dense is not output.dense
         return None if axis is None else (self.neurons[int(match[2])], axis)
 
     def to_fm(self, state: dict, base: dict | None = None) -> dict:
@@ -94,7 +97,9 @@ class LayerRenamer:
 
     def to_sub(self, state: dict) -> dict:
         """The FM-shaped adapter in a client model's names and shapes (a cut FFN's kept neurons gathered)."""
-        gathered = {k: (v if (cut := self._cut(k)) is None else v.index_select(cut[1], cut[0])) for k, v in state.items()}
+        gathered = {
+            k: (v if (cut := self._cut(k)) is None else v.index_select(cut[1], cut[0])) for k, v in state.items()
+        }
         return self._rename(gathered, self.to_sub_index)
 
     def zero_cut_neurons(self, fm) -> None:

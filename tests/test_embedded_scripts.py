@@ -253,7 +253,9 @@ def test_table5_a_decoder_llm(tmp_path):
     zero = [(cell(f, tmp_path).split("/")[4], f["--seed"]) for f in fed if f["--eval_round_zero"] == "True"]
     assert zero == [("FedPETuning", "1")]
     pft = [f for f in fed if f["--method"] == "pft"]
-    assert {f["--align_interval"] for f in pft} == {"4"} and all("sub-distilled-wiki" in f["--sub_model_checkpoint"] for f in pft)
+    assert {f["--align_interval"] for f in pft} == {"4"} and all(
+        "sub-distilled-wiki" in f["--sub_model_checkpoint"] for f in pft
+    )
     noniid = runs(dry("table5", tmp_path, NONIID="1"))
     extra = [f for f in noniid if f.get("--partitioner") == "dir"]
     assert len(extra) == 2 * 3 and {f["--method"] for f in extra} == {"peft", "pft"}

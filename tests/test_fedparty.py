@@ -184,3 +184,27 @@ def test_alignment_keeps_frozen_neurons_bit_identical_and_moves_the_others(tiny_
             f"layer.{i}.{part}" in name for i in layers for part in ("intermediate", "output.dense", "output.LayerNorm")
         ):
             assert torch.equal(p, q), name
+
+
+def test_a_cut_ffn_gathers_and_scatters_its_kept_neurons_only():
+    """With kept neurons recorded, the output matrix's lora_A columns and the input matrices' lora_B rows of a cut
+    layer go to the client at those neurons and come back into the FM-shaped tensor; the attention's output.dense
+    (a name ending like the FFN's) and the whole layers are left alone."""
+    renamer = LayerRenamer(FAMILIES["bert"], [0, 1, 2], {1: torch.tensor([0, 2])})
+    prefix = "base_model.model.bert.encoder.layer"
+    fm = {
+        f"{prefix}.1.intermediate.dense.lora_B.weight": torch.arange(8.0).reshape(4, 2),
+        f"{prefix}.1.output.dense.lora_A.weight": torch.arange(8.0).reshape(2, 4),
+        f"{prefix}.1.attention.output.dense.lora_A.weight": torch.ones(2, 6),
+        f"{prefix}.0.output.dense.lora_A.weight": torch.ones(2, 4),
+    }
+    sub = renamer.to_sub(fm)
+    assert sub[f"{prefix}.1.intermediate.dense.lora_B.weight"].tolist() == [[0, 1], [4, 5]]
+    assert sub[f"{prefix}.1.output.dense.lora_A.weight"].tolist() == [[0, 2], [4, 6]]
+    assert sub[f"{prefix}.1.attention.output.dense.lora_A.weight"].shape == (2, 6)
+    assert sub[f"{prefix}.0.output.dense.lora_A.weight"].shape == (2, 4)
+    trained = {k: v + 100 for k, v in sub.items()}
+    back = renamer.to_fm(trained, fm)
+    assert back[f"{prefix}.1.output.dense.lora_A.weight"].tolist() == [[100, 1, 102, 3], [104, 5, 106, 7]]
+    assert back[f"{prefix}.1.intermediate.dense.lora_B.weight"].tolist() == [[100, 101], [2, 3], [104, 105], [6, 7]]
+    assert torch.equal(back[f"{prefix}.1.attention.output.dense.lora_A.weight"], torch.full((2, 6), 101.0))
