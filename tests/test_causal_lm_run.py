@@ -252,3 +252,36 @@ def test_lora_on_the_ffn_plugs_into_the_kept_neurons(assets, tmp_path):
     lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert refused.returncode != 0 and len(lines) == 1 and "--lora_ffn needs the kept neurons" in lines[0]
     assert not (assets / "refused-ffn").exists()
+
+
+def test_answers_before_and_after_tuning(assets):
+    """scripts/answer.py: the untuned FM's and the tuned FM's greedy answers to a task's validation instructions, the
+    tuned one through the run folder's latest checkpoint loaded with stock PEFT."""
+    from peft import PeftModel
+
+    from federated_proxy_finetuning.lm_tasks import chat_prompt_ids
+
+    done = fedtune(assets, "answers", "--num_rounds", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (assets / "answers").glob("*/*/*")
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "answer.py"), "--model_checkpoint", str(assets / "fm"),
+         "--adapter", str(run), "--from_task", str(assets / "data" / "wiki-qa"), "--count", "2",
+         "--max_new_tokens", "8", "--json"],
+        capture_output=True, text=True, env=tiny.subprocess_env(), timeout=300,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    result = json.loads(shown.stdout)
+    assert result["adapter"].endswith("checkpoint-round2")
+    rows = result["answers"]
+    assert [r["instruction"] for r in rows] == [r[0] for r in RECORDS["validation"][:2]]
+    tokenizer = AutoTokenizer.from_pretrained(assets / "fm")
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets / "fm"), result["adapter"]).eval()
+    for row in rows:
+        ids = torch.tensor([chat_prompt_ids(tokenizer, row["instruction"])])
+        out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        assert row["tuned"] == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "answer.py"), "--model_checkpoint",
+                          str(assets / "fm"), "--adapter", str(assets)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode != 0 and "holds no adapter" in bad.stderr
