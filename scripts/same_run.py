@@ -58,8 +58,12 @@ def comparable(flags: dict) -> dict:
     return {k: (_tail(v) if k in PATHS else v) for k, v in flags.items() if k not in IGNORED}
 
 
+# flags added after runs were recorded, with the value that does what those runs did
+ADDED_LATER = {"lora_ffn": False}
+
+
 def differences(recorded: dict, wanted: dict) -> list[str]:
-    a, b = comparable(recorded), comparable(wanted)
+    a, b = comparable({**ADDED_LATER, **recorded}), comparable(wanted)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 

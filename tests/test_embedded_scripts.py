@@ -234,6 +234,9 @@ def test_same_run_compares_training_flags_and_paths_by_their_last_two_parts():
     here = {"sub_model_checkpoint": "/work/a/results/embedded/models/minilm/sub-distilled", "seed": 1}
     there = {"sub_model_checkpoint": "/home/u/b/results/embedded/models/minilm/sub-distilled", "seed": 1}
     assert differences({**here, "eval_interval": 1}, {**there, "eval_interval": 5, "eval_round_zero": False}) == []
+    # a run recorded before --lora_ffn existed trained without it
+    assert differences(here, {**there, "lora_ffn": False}) == []
+    assert differences(here, {**there, "lora_ffn": True}) == ["lora_ffn"]
     assert differences(here, {**there, "sub_model_checkpoint": "/x/minilm/sub-other"}) == ["sub_model_checkpoint"]
     assert differences(here, {**there, "seed": 2, "lora_rank": 8}) == ["lora_rank", "seed"]
 
