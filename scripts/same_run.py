@@ -63,7 +63,7 @@ ADDED_LATER = {"lora_ffn": False}
 
 
 def differences(recorded: dict, wanted: dict) -> list[str]:
-    a, b = comparable({**ADDED_LATER, **recorded}), comparable(wanted)
+    a, b = comparable({**ADDED_LATER, **recorded}), comparable({**ADDED_LATER, **wanted})
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
