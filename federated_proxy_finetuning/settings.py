@@ -169,6 +169,8 @@ class FedSettings:
             f"-e{self.num_epochs}-rounds{self.num_rounds}-proportion{self.proportion}-lora-r{self.lora.rank}"
             f"-alpha{self.lora.alpha}-align{self.aligning}-ai{a.interval}-ae{a.epochs}-arr{a.retained_ratio}"
         )
+        if self.lora.ffn:  # a different adapter: its own folder (names without it stay as they were)
+            name += "-loraffn"
         p = self.partition
         if p.partitioner != "iid":
             name += f"-{p.partitioner}{p.dir_alpha if p.partitioner == 'dir' else p.diversity}"

@@ -219,6 +219,7 @@ def test_lora_on_the_ffn_plugs_into_the_kept_neurons(assets, tmp_path):
     records = metrics(assets, "ffn")
     assert records[3]["fm"]["eval_loss"] < records[0]["fm"]["eval_loss"]
     (checkpoint,) = (assets / "ffn").glob("*/*/*/server/checkpoint-round3")
+    assert checkpoint.parent.parent.name.endswith("-loraffn-seed3")  # not the attention-only run's folder
     state = load_file(str(checkpoint / "adapter_model.safetensors"))
     kept = json.loads((assets / "sub" / "config.json").read_text())["ffn_neurons"]
     assert sorted(kept) == ["1", "2"] and all(len(v) == 16 for v in kept.values())
