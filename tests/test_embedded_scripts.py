@@ -248,7 +248,9 @@ def test_table5_a_decoder_llm(tmp_path):
     lines = dry("table5", tmp_path)
     distils = [line for line in lines if "distill.py" in line]
     assert len(distils) == 2 and all("--distill_alpha 0 " in d and "--max_steps 50 " in d for d in distils)
-    assert "--emulator_layers 18" in distils[0] and "--layers_retained 0 29" in distils[1]
+    # the two distillations run side by side: their lines come in either order
+    assert sorted("--emulator_layers 18" in d for d in distils) == [False, True]
+    assert sorted("--layers_retained 0 29" in d for d in distils) == [False, True]
     fed = runs(lines)
     assert len(fed) == 4 * 3 and {cell(f, tmp_path).split("/")[3] for f in fed} == {"iid"}
     assert {f["--task_name"] for f in fed} == {"wiki-qa"} and {f["--num_rounds"] for f in fed} == {"10"}
