@@ -5,6 +5,8 @@ them and the layers an alignment pairs. Built once at start-up (assemble.py) and
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from sub_model_construct import reads
@@ -76,15 +78,8 @@ def share_output_embeddings(fm, sub) -> None:
 
 
 def lora_options(s: FedSettings) -> dict:
-    lora = s.lora
-    return dict(
-        rank=lora.rank,
-        alpha=lora.alpha,
-        dropout=lora.dropout,
-        bias=lora.bias,
-        modules_to_save=lora.modules_to_save,
-        ffn=lora.ffn,
-    )
+    """The LoRA settings as with_lora's keywords (the group's fields are named as its parameters)."""
+    return {field.name: getattr(s.lora, field.name) for field in dataclasses.fields(s.lora)}
 
 
 def tuned_layers(s: FedSettings, config) -> list[int]:
