@@ -139,12 +139,10 @@ class Server:
         """Round 0: the FM with the initial adapter (spec §4.11), evaluated unless --eval_round_zero False."""
         record = {"round": 0, "learning_rate": None, "aligned": False, "data_split": self.data_split}
         record.update(bytes_sent=0, bytes_received=0, bytes_sent_cumulative=0, bytes_received_cumulative=0)
-        t0 = time.perf_counter()
-        if self.f.settings.evaluates_in(0):
+        t0, s = time.perf_counter(), self.f.settings
+        if s.evaluates_in(0):
             self.plug_in()
-            record["fm"] = self.f.task.evaluate(
-                self.f.fm, self.f.settings.per_device_eval_batch_size, self.f.accelerator
-            )
+            record["fm"] = self.f.task.evaluate(self.f.fm, s.per_device_eval_batch_size, self.f.accelerator)
         t1 = time.perf_counter()
         self.log_round(record)
         t2 = time.perf_counter()
