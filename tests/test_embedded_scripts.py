@@ -1,4 +1,4 @@
-"""The embedded table scripts (scripts/embedded/table{1,2,3,4}.sh, ceiling.sh) with --dry-run: every cell of each
+"""The embedded table scripts (scripts/embedded/table{1,2,3,4,5}.sh, ceiling.sh, all.sh) with --dry-run: every cell of each
 table, five seeds where the claims live (Table 1's text rows, Table 3) and three elsewhere, its own output root,
 `--resume auto`, the method flags of spec §4.13, and the public corpus of each task."""
 
@@ -264,3 +264,20 @@ def test_table5_a_decoder_llm(tmp_path):
     noniid = runs(dry("table5", tmp_path, NONIID="1"))
     extra = [f for f in noniid if f.get("--partitioner") == "dir"]
     assert len(extra) == 2 * 3 and {f["--method"] for f in extra} == {"peft", "pft"}
+
+
+def test_all_runs_the_default_set_in_order(tmp_path):
+    """all.sh: the ceilings, Tables 1, 3, 4 and 2 (Table 5 with TABLE5=1), each script's own command lines; TABLES
+    picks some; an unknown name stops before anything runs."""
+    lines = dry("all", tmp_path)
+    roots = [cell(f, tmp_path).split("/")[0] for f in runs(lines)]
+    order = [r for i, r in enumerate(roots) if i == 0 or roots[i - 1] != r]
+    assert order == ["ceiling", "table1", "table3", "table4", "table2"]
+    assert len(roots) == len(runs(dry("table1", tmp_path))) + sum(
+        len(runs(dry(t, tmp_path))) for t in ("ceiling", "table2", "table3", "table4")
+    )
+    assert {cell(f, tmp_path).split("/")[0] for f in runs(dry("all", tmp_path, TABLES="4"))} == {"table4"}
+    assert "table5" in {cell(f, tmp_path).split("/")[0] for f in runs(dry("all", tmp_path, TABLE5="1"))}
+    bad = subprocess.run(["bash", str(SCRIPTS / "all.sh"), "--dry-run"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "RESULTS": str(tmp_path / "r"), "TABLES": "3 x"})  # fmt: skip
+    assert bad.returncode == 2 and "TABLES takes ceiling and 1-5, got x" in bad.stderr and "table3" not in bad.stdout
