@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import datasets
 from sub_model_construct.io import atomic_folder
 from sub_model_construct.reads import manifest_holds, reading, write_manifest
-from sub_model_construct.train_loop import over_batches
 
+from .lm_scoring import IGNORE, dataset_logprobs, topic_logprobs
 from .tasks import (
     LM_TASKS,
     TEXT_TASKS,
@@ -32,7 +31,6 @@ from .tasks import (
     seeded_rows,
 )
 
-IGNORE = -100  # the label of a token that carries no loss: prompt and padding
 COLUMNS = ("instruction", "response", "topic", "title")
 TOPIC_QUESTION = "Which topic is the article '{title}' about? Choose one of: {names}."
 METRICS = ("topic_accuracy", "perplexity")
@@ -211,32 +209,6 @@ def load_lm_task(name: str, dataset_path: str, tokenizer, max_length: int, cache
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of its labelled tokens (the logits at t predict token t + 1) and their
-    count. Computed in float32, whatever the logits' dtype."""
-    target = labels[:, 1:]
-    logits = logits[:, :-1].float()
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="none"
-    )
-    return -nll.view(target.shape).sum(1), (target != IGNORE).sum(1)
-
-
-@torch.no_grad()
-def dataset_logprobs(model, dataset, collate, batch_size: int, accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """sequence_logprobs of every row, in the rows' order; batches are spread over processes and gathered back."""
-
-    def step(batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, count = sequence_logprobs(logits, batch["labels"])
-        return logp.double().cpu().numpy(), count.cpu().numpy()
-
-    everything = over_batches(dataset, collate, batch_size, accelerator, step)
-    if not everything:
-        return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate([lp for lp, _ in everything]), np.concatenate([c for _, c in everything])
-
-
 def topic_predictions(prompts: datasets.Dataset, scores: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) topic of every article: the candidate of the largest score (evaluate_lm: its name's
     summed log-probability as the answer, less the same with no title)."""
@@ -263,8 +235,8 @@ def evaluate_lm(model, task: LMTask, batch_size: int, accelerator) -> dict:
     try:
         validation = task.eval_splits[""]
         logp, counts = dataset_logprobs(model, validation, task.collate_fn, batch_size, accelerator)
-        scores, _ = dataset_logprobs(model, task.topic_prompts, task.collate_fn, batch_size, accelerator)
-        prior, _ = dataset_logprobs(model, task.topic_baseline, task.collate_fn, batch_size, accelerator)
+        scores = topic_logprobs(model, task.topic_prompts, task.collate_fn, batch_size, accelerator)
+        prior = topic_logprobs(model, task.topic_baseline, task.collate_fn, batch_size, accelerator)
         scores = scores - prior[np.asarray(task.topic_prompts["candidate"])]
     finally:
         model.train(was_training)
