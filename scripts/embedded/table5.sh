@@ -4,7 +4,7 @@
 # sub-FM's budget), FedOT w/o KD and FedPFT (t = LLM_ALIGN_T, default 4); with NONIID=1 also FedPETuning and FedPFT
 # on Dir(1) over the article topics.
 # Scaled to about 2.5 hours of this machine: LLM_ROUNDS rounds (default 10) of 2 of 20 clients, half a local epoch
-# each; the FM evaluated at the last round on LLM_EVAL_SAMPLES held-out records (default 200), and the untuned FM
+# each; the FM evaluated at the last round on the 551 held-out records (LLM_EVAL_SAMPLES=N: N of them), and the untuned FM
 # (round 0: the same model for every method and seed) once, in FedPETuning's first seed; LLM_KD_STEPS distillation
 # steps (default 50) for the sub-FM and the emulator. See common.sh for the rest.
 #   bash scripts/embedded/table5.sh [--dry-run]
