@@ -98,7 +98,7 @@ class ClientState:
         head = self.modality.head_class()
         labels = self.modality.head_kwargs(task)
         local = self.context.node_config.get("client-model")
-        if local and self.has_model():
+        if local and "client_model" not in self.context.state:  # a shipped model (with what the folder lacks) wins
             config = AutoConfig.from_pretrained(str(local))
             if is_sub_model_config(config):
                 model = load_sub_model(str(local), head, **labels)
