@@ -11,6 +11,8 @@ import torch
 
 from sub_model_construct.families import backbone
 
+from .models import untied_output_projection
+
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -58,13 +60,6 @@ def client_model_payload(client_model) -> RecordDict:
     if output is not None:
         records["output_projection"] = record_of({"weight": output.weight})
     return RecordDict(records)
-
-
-def untied_output_projection(model):
-    """A causal LM's output projection when it is not tied to the input embeddings, else None (tied, or a
-    classification model, which has none)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return None if head is None or model.config.tie_word_embeddings else head
 
 
 def state_of(record: ArrayRecord) -> dict[str, torch.Tensor]:

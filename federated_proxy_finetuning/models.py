@@ -68,12 +68,19 @@ def kept_neurons(s: FedSettings, sub, fm, family: Family) -> dict[int, torch.Ten
     return {j: torch.tensor(recorded[str(j)], dtype=torch.long) for j in cut if str(j) in recorded}
 
 
+def untied_output_projection(model):
+    """A causal LM's output projection when it is not tied to the input embeddings, else None (tied, or a
+    classification model, which has none)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return None if head is None or model.config.tie_word_embeddings else head
+
+
 @torch.no_grad()
 def share_output_embeddings(fm, sub) -> None:
     """A causal LM's output projection is the FM's: distillation trains the backbone only. A tied one already is
     (through the input embeddings); an untied one is copied. Classification models have none."""
-    head = sub.get_output_embeddings()
-    if head is not None and not sub.config.tie_word_embeddings:
+    head = untied_output_projection(sub)
+    if head is not None:
         head.weight.copy_(fm.get_output_embeddings().weight)
 
 
