@@ -172,6 +172,30 @@ def test_first_contact_ships_the_model_only_where_needed_and_sets_versions(sub_f
     assert torch.equal(sent.adapter["head.weight"], torch.ones(2, 2))
 
 
+def test_a_local_untied_causal_lm_folder_asks_for_the_shipped_model(tmp_path):
+    """A node's local client-model folder is the whole client model unless it is a causal LM whose output projection
+    is untied (the FM's, which a sub-FM folder lacks): then the node says it lacks the model, so the server ships
+    it (the shipped model, once installed, is the one the node trains)."""
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, LlamaConfig
+
+    from federated_proxy_finetuning.flower_client import ClientState
+
+    def holds(config, state=None) -> bool:
+        folder = tmp_path / f"model-{len(list(tmp_path.iterdir()))}"
+        config.save_pretrained(folder)
+        node = ClientState.__new__(ClientState)  # has_model reads the context only
+        node.context = SimpleNamespace(state=state or {}, node_config={"client-model": str(folder)})
+        return node.has_model()
+
+    shape = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
+    assert holds(LlamaConfig(tie_word_embeddings=True, **shape))
+    assert not holds(LlamaConfig(tie_word_embeddings=False, **shape))
+    assert holds(LlamaConfig(tie_word_embeddings=False, **shape), state={"client_model": object()})
+    assert holds(BertConfig(tie_word_embeddings=False, **shape))  # an encoder ships no output projection
+
+
 def test_no_reply_at_all_stops_the_round(sub_fm):
     remote = flower_app.FlowerClients(FakeGrid({}, {}), round_timeout=1.0, connect_timeout=1.0)
     remote.node_of = {0: 10}
