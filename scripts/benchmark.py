@@ -22,7 +22,7 @@ Prints a markdown table per setting and writes JSON (--out) and the markdown bes
     python scripts/benchmark.py --device cuda         # on a GPU (memory: CUDA max allocated)
     python scripts/benchmark.py --threads 1 --no-memory --profile-ops 3   # time, then operators of 3 steps each
     python scripts/benchmark.py --family llama --layers 30 --hidden 576 --ffn 1536 --heads 9 --kv_heads 3 \
-        --vocab 49152 --weights random                # a causal LM of SmolLM2-135M's shape
+        --vocab 49152 --emulator_middle 18 --weights random   # a causal LM of SmolLM2-135M's shape (Table 5's emulator)
     python scripts/benchmark.py --weights real --weights_from pretrain_models/SmolLM2-135M-Instruct
 """
 
@@ -63,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the config class's)")
     p.add_argument("--intermediate_rank", type=int, default=768, help="FFN width of the compressed layers")
+    p.add_argument(
+        "--emulator_middle",
+        type=int,
+        default=None,
+        help="middle layers the FedOT emulator keeps (default: half of the FM's; Table 5's SmolLM2 emulator: 18)",
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128, help="tokens per example (text)")
     p.add_argument("--image_size", type=int, default=224, help="(vit)")
@@ -127,6 +133,10 @@ def parse_args(argv=None):
         p.error(f"--vocab must be at least 6 (token ids 0-4 are left to special tokens), got {args.vocab}")
     if args.layers < 3:
         p.error(f"--layers must be at least 3 (two whole layers and one compressed), got {args.layers}")
+    if args.emulator_middle is not None:  # a real model's depth is checked when it is loaded
+        most = args.layers - 2 if args.weights != "real" else args.emulator_middle
+        if not 1 <= args.emulator_middle <= most:
+            p.error(f"--emulator_middle must be in 1..--layers - 2 ({args.layers - 2}), got {args.emulator_middle}")
     if not 1 <= args.intermediate_rank <= args.ffn:
         p.error(f"--intermediate_rank must be in 1..--ffn ({args.ffn}), got {args.intermediate_rank}")
     if args.profile_ops < 0:

@@ -27,11 +27,15 @@ def test_spread_and_bad_flags(capsys):
     assert {k: v for k, v in timing.spread([3.0, 1.0, 2.0]).items() if k != "all"} == {
         "min": 1.0, "median": 2.0, "max": 3.0, "n": 3,
     }  # fmt: skip
-    for argv in (["--repeats", "0"], ["--intermediate_rank", "4000"], ["--layers", "2"]):
+    bad = (["--repeats", "0"], ["--intermediate_rank", "4000"], ["--layers", "2"], ["--emulator_middle", "0"])
+    for argv in (*bad, ["--layers", "6", "--emulator_middle", "5"]):
         with pytest.raises(SystemExit) as exc:
             benchmark.parse_args(argv)
         assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+    assert models.emulator_middle_layers(30) == 14 and models.emulator_middle_layers(30, 18) == 18  # Table 5's
+    with pytest.raises(ValueError, match="emulator_middle"):
+        models.emulator_middle_layers(12, 11)  # a real model deeper than --layers says: checked when it is loaded
 
 
 def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):

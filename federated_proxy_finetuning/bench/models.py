@@ -81,8 +81,13 @@ def pretrained_fm(path, num_labels: int = 2):
     return head_class(head_name(family)).from_pretrained(path, **family.modality.head_labels(num_labels)), family
 
 
-def emulator_middle_layers(layers: int) -> int:
-    return max(1, (layers - 2) // 2)
+def emulator_middle_layers(layers: int, middle: int | None = None) -> int:
+    """The emulator's middle layers: `middle` when given, else half of the FM's middle layers (at least one)."""
+    if middle is None:
+        return max(1, (layers - 2) // 2)
+    if not 1 <= middle <= layers - 2:
+        raise ValueError(f"--emulator_middle must lie in [1, {layers - 2}] (the FM's middle layers), got {middle}")
+    return middle
 
 
 # the benchmark's model keys and the client model each one is (its tuned layers: methods.ClientModel)

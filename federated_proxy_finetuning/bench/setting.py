@@ -75,7 +75,7 @@ def run_setting(name: str, args, device: str, progress) -> dict:
     models = {
         "fm": fm,
         "sub": build_sub_model(fm, [0, L - 1], args.intermediate_rank),
-        "emulator": build_layer_drop_emulator(fm, 1, 1, emulator_middle_layers(L)),
+        "emulator": build_layer_drop_emulator(fm, 1, 1, emulator_middle_layers(L, args.emulator_middle)),
     }
     emulator_layers = models["emulator"].config.num_hidden_layers
     flops, flop_shape = setting_flops(fm, family, args, emulator_layers)
