@@ -266,7 +266,7 @@ def test_orderings_paired_verdicts(tree, runs):
 def test_markdown_claim_lines(tree, runs):
     text = render(tree, runs, ["table1", "table2"])
     assert (
-        "- minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT — **held**: FedPETuning 90.0 ≥ FedPFT 89.0: "
+        "- minilm · bbc · IID: FedPETuning ≥ FedPFT > FedOT — **held**: FedPETuning 91.0 ≥ FedPFT 89.0 (seeds 1 2): "
         "Δ +2.0 [+2.0, +2.0], n=2, p=0, Holm p=0 → consistent; FedPFT 89.0 > FedOT 81.0: Δ +8.0 [+8.0, +8.0], n=2, "
         "p=0, Holm p=0 → held [paper: BERT held, RoBERTa held]"
     ) in text
@@ -541,6 +541,8 @@ def test_blocks_and_unequal_seed_sets(tmp_path):
     t_link = judged(tmp_path, runs, "table4")["the optimum of t is 10"]["links"][0]
     assert t_link["seeds"] == [1, 2, 3] and t_link["test"].delta == pytest.approx(4.0)  # differences 3, 3, 6
     assert "paired on" not in table1  # equal seed sets: no note
+    # the link's values are the means over the seeds it is paired on (t=10: 78, 79, 80 of its five), Δ their difference
+    assert "t=10 79.0 > t=5 75.0 (seeds 1–3): Δ +4.0" in table4 and "| 79.0 ± 1.6 (n=5) |" in table4
 
 
 # ---------------------------------------------------------------------------------------------------- committed runs

@@ -115,6 +115,7 @@ def measure_link(a: pd.Series | None, b: pd.Series | None, names: tuple[str, str
         "test": paired_t([finals[0][s] - finals[1][s] for s in seeds]),
         "seeds": seeds,
         "seed_sets": (sorted(finals[0]), sorted(finals[1])),
+        "paired_means": tuple(sum(f[s] for s in seeds) / len(seeds) if seeds else None for f in finals),
         "missing": [name for name, ok in zip(names, present) if not ok],
         "one_class": [
             name for name, c, ok in zip(names, (a, b), present) if ok and c["untestable"] and measure.one_class

@@ -39,11 +39,15 @@ def claim_text(judged: dict) -> str:
 
 def _link_text(link: dict, means: dict[str, float]) -> str:
     """e.g. "FedPFT 59.0 > FedOT 53.9: Δ +5.1 [−3.2, +13.4], n=3, p=0.12, Holm p=0.60 → inconclusive" (values and
-    differences to the link's measure's decimals)."""
+    differences to the link's measure's decimals). The values are the cells' means; where the two cells have different
+    seed sets, the means over the seeds the link is paired on, which those seeds name, so that Δ is their difference."""
     (a, op, b), (label_a, _, label_b), digits = link["link"], link["text"], link["measure"].digits
     head = f"{label_a} {op} {label_b}"
     if not link["missing"]:
-        head = f"{label_a} {means[a]:.{digits}f} {op} {label_b} {means[b]:.{digits}f}"
+        value_a, value_b, on = means[a], means[b], ""
+        if link["seeds"] and link["seed_sets"][0] != link["seed_sets"][1]:
+            (value_a, value_b), on = link["paired_means"], f" (seeds {seed_list(link['seeds'])})"
+        head = f"{label_a} {value_a:.{digits}f} {op} {label_b} {value_b:.{digits}f}{on}"
     test, verdict = link["test"], link["verdict"] + (f" ({link['reason']})" if link["reason"] else "")
     if test.n == 0:
         return f"{head}: {verdict}"
