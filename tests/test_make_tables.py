@@ -21,7 +21,7 @@ import pytest
 
 from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells
 from federated_proxy_finetuning.report.claim_lines import verdict_bullets
-from federated_proxy_finetuning.report.figures import alignment_rounds, method_curves, write_plots
+from federated_proxy_finetuning.report.figures import alignment_rounds, method_curves, on_common_seeds, write_plots
 from federated_proxy_finetuning.report.markdown import CEILING_HEADING, LEGEND, render
 from federated_proxy_finetuning.report.measures import ACCURACY, ANSWER_LOSS
 from federated_proxy_finetuning.report.pages import (
@@ -543,6 +543,13 @@ def test_blocks_and_unequal_seed_sets(tmp_path):
     assert "paired on" not in table1  # equal seed sets: no note
     # the link's values are the means over the seeds it is paired on (t=10: 78, 79, 80 of its five), Δ their difference
     assert "t=10 79.0 > t=5 75.0 (seeds 1–3): Δ +4.0" in table4 and "| 79.0 ± 1.6 (n=5) |" in table4
+    # the figure's points compare the same seeds: t=10 over 1-3 (79.0 ± 1.0), not its five (79.0 ± 1.6)
+    cells = table_cells(cell_stats(runs), "table4")
+    drawn, note = on_common_seeds(cells[cells["task"] == "wiki-pairs"])
+    assert note == "seeds 1–3, those every point has"
+    assert drawn.set_index("setting")["final_std"].to_dict() == pytest.approx({"t5": 1.0, "t10": 1.0})
+    same, none = on_common_seeds(cells[(cells["task"] == "wiki-pairs") & (cells["setting"] == "t5")])
+    assert none == "" and same["final_std"].tolist() == pytest.approx([1.0])
 
 
 # ---------------------------------------------------------------------------------------------------- committed runs

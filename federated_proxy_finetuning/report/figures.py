@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from federated_proxy_finetuning.report.cells import cell_stats, table_cells
+from federated_proxy_finetuning.report.claim_lines import seed_list
 from federated_proxy_finetuning.report.paper import METHODS, SETTING_LABELS, TABLES
 from federated_proxy_finetuning.report.runs import load_runs, read_metrics
 
@@ -138,10 +140,32 @@ def figure_bytes(runs: pd.DataFrame, title: str) -> Figure | None:
     return fig
 
 
+def on_common_seeds(cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The finished cells, their final accuracy's mean and std taken over the seeds every one of them has where their
+    seed sets differ (a cell borrowed from Table 1 has five seeds, its neighbours three), so the points compare the
+    seeds the table's paired links compare; and a note naming those seeds ("" when the sets are equal). Cells with no
+    seed in common keep their own seeds, noted as unequal."""
+    cells = cells[cells["n"] > 0]
+    sets = {frozenset(finals) for finals in cells["finals"]}
+    if len(sets) <= 1:
+        return cells, ""
+    common = sorted(frozenset.intersection(*sets))
+    if not common:
+        return cells, "unequal seed sets"
+    values = [[finals[s] for s in common] for finals in cells["finals"]]
+    mean = [statistics.fmean(v) for v in values]
+    std = [statistics.stdev(v) if len(v) > 1 else math.nan for v in values]
+    return cells.assign(final_mean=mean, final_std=std), f"seeds {seed_list(common)}, those every point has"
+
+
 def _errorbars(ax, cells: pd.DataFrame, xs: dict) -> bool:
-    """Final accuracy ± std per method at the settings in `xs` ({setting: x}); False when nothing was drawn."""
+    """Final accuracy ± std per method at the settings in `xs` ({setting: x}), over the seeds every point has
+    (on_common_seeds, named above the panel); False when nothing was drawn."""
     drawn = False
-    for method, group in cells[cells["setting"].isin(list(xs)) & (cells["n"] > 0)].groupby("method", sort=False):
+    cells, note = on_common_seeds(cells[cells["setting"].isin(list(xs))])
+    if note:
+        ax.set_title(note, fontsize=9)
+    for method, group in cells.groupby("method", sort=False):
         group = group.assign(x=group["setting"].map(xs)).sort_values("x")
         ax.errorbar(
             group["x"],
@@ -165,10 +189,12 @@ def figure_alpha(cells: pd.DataFrame, title: str) -> Figure | None:
 
 
 def figure_ablation(cells: pd.DataFrame, title: str) -> Figure | None:
-    cells = cells[cells["n"] > 0]
+    cells, note = on_common_seeds(cells)
     if cells.empty:
         return None
     fig, (ax,) = _axes(title + " — ablation, final accuracy (± seed std)", "method")
+    if note:
+        ax.set_title(note, fontsize=9)
     labels = cells["method"] + cells["shared_from"].map(lambda t: f" ({t})" if t else "")
     ax.bar(
         labels,

@@ -19,9 +19,9 @@ GENERATED = (
 FIGURE_CAPTIONS = {  # file-name suffix -> what the figure shows ("{table}, {model} on {task}: " goes before)
     "rounds": "FM accuracy per evaluated round, mean and min–max band over seeds (dashed lines: FedPFT's alignments)",
     "bytes": "FM accuracy against cumulative bytes sent and received",
-    "alpha": "final FM accuracy against the Dirichlet α, mean ± seed std",
-    "ablation": "final FM accuracy per variant, mean ± seed std",
-    "t_p": "final FM accuracy against the alignment interval t and the updated-neuron proportion p, mean ± seed std",
+    "alpha": "final FM accuracy against the Dirichlet α, mean ± seed std over the seeds every point has",
+    "ablation": "final FM accuracy per variant, mean ± seed std over the seeds every point has",
+    "t_p": "final FM accuracy against the alignment interval t and the updated-neuron proportion p, mean ± seed std over the seeds every point has",
     "curves": "FM topic accuracy and answer loss per evaluated round, mean and min–max band over seeds",
 }
 
