@@ -127,7 +127,8 @@ def build(s: DistillSettings, plan_: Plan, accelerator, saliency_items=None):
     if accelerator.is_main_process:
         print(
             f"FM encoder-layer parameters: {fm_params:,} ({mebi(fm_params)}); "
-            f"sub-FM: {sub_params:,} ({mebi(sub_params)}), ratio {sub_params / fm_params:.3f}; saved in {plan_.sub_dir}"
+            f"{student_name(s)}: {sub_params:,} ({mebi(sub_params)}), ratio {sub_params / fm_params:.3f}; "
+            f"saved in {plan_.sub_dir}"
         )
     return fm, sub, fm_params, sub_params
 
@@ -269,6 +270,11 @@ def distil(s: DistillSettings, kd: LayerKD, named, data, collate, out: Path, res
     return {**result, "total_steps": total, "effective_batch_size": effective}
 
 
+def student_name(s: DistillSettings) -> str:
+    """What is built and distilled: FedOT's layer-drop emulator or FedPFT's sub-FM."""
+    return "emulator" if s.emulator_layers else "sub-FM"
+
+
 def report(s: DistillSettings, kd: LayerKD, result: dict, errors: dict, params: tuple[int, int], out: Path) -> None:
     """The distilled sub-FM, `distill_summary.json` and one line on stdout (main process)."""
     fm_params, sub_params = params
@@ -294,5 +300,5 @@ def report(s: DistillSettings, kd: LayerKD, result: dict, errors: dict, params: 
         io.prune_checkpoints(out, CHECKPOINT_PREFIX, set())
     print(
         f"held-out normalised hidden MSE: {errors['before']:.4f} -> {errors['after']:.4f} over {errors['items']} "
-        f"items; {total} steps, {summary['seconds_per_step']:.2f} s/step; distilled sub-FM in {out}"
+        f"items; {total} steps, {summary['seconds_per_step']:.2f} s/step; distilled {student_name(s)} in {out}"
     )
