@@ -133,10 +133,10 @@ def parse_args(argv=None):
         p.error(f"--vocab must be at least 6 (token ids 0-4 are left to special tokens), got {args.vocab}")
     if args.layers < 3:
         p.error(f"--layers must be at least 3 (two whole layers and one compressed), got {args.layers}")
-    if args.emulator_middle is not None:  # a real model's depth is checked when it is loaded
-        most = args.layers - 2 if args.weights != "real" else args.emulator_middle
-        if not 1 <= args.emulator_middle <= most:
-            p.error(f"--emulator_middle must be in 1..--layers - 2 ({args.layers - 2}), got {args.emulator_middle}")
+    middle = args.emulator_middle
+    # a real model's depth is only known once it is loaded: emulator_middle_layers checks the upper bound then
+    if middle is not None and (middle < 1 or (args.weights != "real" and middle > args.layers - 2)):
+        p.error(f"--emulator_middle must be in 1..--layers - 2 ({args.layers - 2}), got {middle}")
     if not 1 <= args.intermediate_rank <= args.ffn:
         p.error(f"--intermediate_rank must be in 1..--ffn ({args.ffn}), got {args.intermediate_rank}")
     if args.profile_ops < 0:
