@@ -227,6 +227,54 @@ def test_markdown_cells_paper_numbers_and_missing_fields(tree, runs):
     assert "`table3`: 18 runs found, 18 finished" in text and "cells shared with Table 1 (†): 1" in text
 
 
+def write_plan(root: Path, table: str, lines: list[str]) -> None:
+    """<root>/<table>/plan.tsv as common.sh's plan_run writes it: "model task setting method seed", tab-separated."""
+    (root / table).mkdir(parents=True, exist_ok=True)
+    (root / table / "plan.tsv").write_text("".join("\t".join(line.split()) + "\n" for line in lines))
+
+
+def test_planned_runs_that_have_not_finished_are_named(tmp_path, caplog):
+    write_cell(tmp_path, "table2/minilm/wiki-topics/dir1/FedPFT", [0.70, 0.72])
+    write_run(tmp_path, "table2/minilm/wiki-topics/dir1/FedPFT", 3, 0.10, finished=False)
+    write_cell(tmp_path, "table2/minilm/wiki-topics/dir1/FedOT", [0.60, 0.61, 0.62])
+    plan = [f"minilm wiki-topics dir1 {m} {s}" for m in ("FedPFT", "FedOT") for s in (1, 2, 3)]
+    plan += ["minilm wiki-topics dir1 FedOT 1"]  # a rerun records a run once; a duplicate counts once
+    plan += [f"minilm wiki-pairs dir10 FedPETuning {s}" for s in (1, 2)]  # a cell with no run yet
+    plan += [f"minilm bbc dir1 FedPFT {s}" for s in (1, 2, 3)]  # a block with no run yet
+    write_plan(tmp_path, "table2", plan)
+    write_cell(tmp_path, "table1/minilm/wiki-topics/iid/FedPFT", [0.70])
+    write_plan(tmp_path, "table1", ["minilm wiki-topics iid FedPFT 1"])
+    write_plan(tmp_path, "table4", ["minilm wiki-pairs t5 FedPFT 1"])  # planned, nothing run yet
+    text = render(tmp_path, load_runs(tmp_path), ["table1", "table2", "table3", "table4"])
+    table2 = text.split("### Table 2")[1].split("### Table 4")[0]
+    main, bbc = table2.split(BBC_HEADING)
+    assert (
+        "`table2`: 6 runs found, 5 finished, of 8 planned (**3 not finished**: minilm · wiki-topics · α=1 · FedPFT "
+        "seed 3; minilm · wiki-pairs · α=10 · FedPETuning seeds 1 2); seeds 1/2/3;"
+    ) in main
+    assert "`table2`: 0 runs found, 0 finished, of 3 planned (**3 not finished**: minilm · bbc · α=1 · FedPFT seeds " \
+        "1 2 3)\n" in bbc + "\n" and "| minilm" not in bbc
+    assert "`table1`: 1 runs found, 1 finished, of 1 planned; seeds 1;" in text
+    assert "of 1 planned (**1 not finished**: minilm · wiki-pairs · t=5 · FedPFT seed 1)" in text.split("### Table 4")[1]
+    assert "_Table 3: no runs under" in text  # neither runs nor a plan
+    # a damaged plan is left out with a warning, as if there were none
+    (tmp_path / "table1" / "plan.tsv").write_text("minilm wiki-topics iid FedPFT\n")
+    text = render(tmp_path, load_runs(tmp_path), ["table1"])
+    assert "`table1`: 1 runs found, 1 finished; seeds 1;" in text and "plan.tsv" in caplog.text
+
+
+def test_table_scripts_record_their_plan(tmp_path):
+    """plan_run (common.sh) records each run a table script is asked for, once, and nothing in a dry run."""
+    common = SCRIPTS / "embedded" / "common.sh"
+    script = (
+        f'source "{common}"; plan_run table2 minilm bbc dir1 FedPFT 1; plan_run table2 minilm bbc dir1 FedPFT 1; '
+        "plan_run table2 minilm bbc dir1 FedPFT 2; DRY_RUN=1 plan_run table2 minilm bbc dir1 FedOT 1"
+    )
+    env = {"PATH": "/usr/bin:/bin", "RESULTS": str(tmp_path)}
+    subprocess.run(["bash", "-c", script], check=True, env=env, cwd=ROOT)
+    assert (tmp_path / "table2" / "plan.tsv").read_text() == "minilm\tbbc\tdir1\tFedPFT\t1\nminilm\tbbc\tdir1\tFedPFT\t2\n"
+
+
 def test_paper_layout_uses_the_same_model_row(tmp_path):
     write_cell(tmp_path, "table1/bert-base-uncased/qnli/iid/FedPFT", [0.86])
     write_cell(tmp_path, "table1/roberta-base/sst2/iid/FedOT", [0.91])

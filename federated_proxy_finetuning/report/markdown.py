@@ -26,6 +26,7 @@ from federated_proxy_finetuning.report.paper import (
     paper_numbers,
     task_label,
 )
+from federated_proxy_finetuning.report.runs import load_plan
 
 
 def fmt(value: float | None, spec: str = ".1f") -> str:
@@ -66,11 +67,35 @@ def _values(column: pd.Series, spec: str = "g") -> str:
     return "/".join(format(v, spec) for v in found) if found else "–"
 
 
-def header_line(root: Path, table: str, runs: pd.DataFrame, shared: int) -> str:
+def plan_note(own: pd.DataFrame, plan: pd.DataFrame | None, shown: int = 6) -> str:
+    """", of P planned" and, when some planned runs have not finished, which (per cell, its seeds; the first `shown`
+    cells and how many more); "" without a plan."""
+    if plan is None or plan.empty:
+        return ""
+    done = own.loc[own["finished"] & own["seed"].notna(), ["model", "task", "setting", "method", "seed"]]
+    done = done.astype({"seed": int})
+    keys = ["model", "task", "setting", "method"]
+    missing = plan.merge(done, on=[*keys, "seed"], how="left", indicator=True)
+    missing = missing[missing["_merge"] == "left_only"]
+    note = f", of {len(plan)} planned"
+    if missing.empty:
+        return note
+    cells = [
+        f"{model} · {task} · {SETTING_LABELS.get(setting, setting)} · {method} seed{'s' if len(g) > 1 else ''} "
+        + " ".join(str(s) for s in sorted(g["seed"]))
+        for (model, task, setting, method), g in missing.groupby(keys, sort=False)
+    ]
+    more = f"; and {len(cells) - shown} more cells" if len(cells) > shown else ""
+    return note + f" (**{len(missing)} not finished**: {'; '.join(cells[:shown])}{more})"
+
+
+def header_line(root: Path, table: str, runs: pd.DataFrame, shared: int, plan: pd.DataFrame | None = None) -> str:
     own = runs[runs["table"] == table]
-    line = (
-        f"root `{root}`, `{table}`: {len(own)} runs found, {int(own['finished'].sum())} finished; "
-        f"seeds {_values(own['seed'])}; rounds {_values(own['rounds'])}; clients {_values(own['num_clients'])}, "
+    line = f"root `{root}`, `{table}`: {len(own)} runs found, {int(own['finished'].sum())} finished{plan_note(own, plan)}"
+    if own.empty:
+        return line
+    line += (
+        f"; seeds {_values(own['seed'])}; rounds {_values(own['rounds'])}; clients {_values(own['num_clients'])}, "
         f"{_values(own['proportion'])} of them per round"
     )
     seconds = own.loc[own["finished"], "wall_seconds"].dropna()
@@ -146,12 +171,17 @@ def settings_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render_block(root: Path, table: str, block: str, runs: pd.DataFrame, cells: pd.DataFrame, judged: list) -> str:
+def render_block(
+    root: Path, table: str, block: str, runs: pd.DataFrame, cells: pd.DataFrame, judged: list, plan: pd.DataFrame | None
+) -> str:
     """One block of a table: header line(s) with the table's note, cells, the rows' settings and judged claims (the
-    paper's, or our hypotheses beyond the paper); the BBC block under its own sub-heading."""
+    paper's, or our hypotheses beyond the paper); the BBC block under its own sub-heading. `plan` is the block's part
+    of the table's plan.tsv (None without one); a block that is planned but has no runs yet shows its header only."""
     lines = [BBC_HEADING, ""] if block == "bbc" else []
     own = runs[(runs["table"] == table) & (runs["task"].map(block_of) == block)]
-    lines.append(header_line(root, table, own, int((cells["shared_from"] != "").sum())))
+    lines.append(header_line(root, table, own, int((cells["shared_from"] != "").sum()), plan))
+    if cells.empty:
+        return "\n".join(lines)
     lines += [TABLE_NOTES[table]] if table in TABLE_NOTES else []
     lines += [test_line(judged)] if judged else []
     lines += ["", cells_markdown(table, cells)]
@@ -167,14 +197,17 @@ def render_block(root: Path, table: str, block: str, runs: pd.DataFrame, cells: 
 def render_table(root: Path, table: str, runs: pd.DataFrame, stats: pd.DataFrame) -> str:
     """One table as markdown: title, then per block (main, then BBC) header, cells and judged claims; or a note."""
     number = table.removeprefix("table")
-    if not (runs["table"] == table).any():
+    plan = load_plan(root, table)
+    planned = set() if plan is None else set(plan["task"].map(block_of))
+    if not (runs["table"] == table).any() and not planned:
         return f"_Table {number}: no runs under `{root / table}`, skipped._"
     cells = table_cells(stats, table)
     judged, blocks = orderings(cells, table), cells["task"].map(block_of)
     parts = [f"### {TABLE_TITLES.get(table, table)}"]
-    for block in (b for b in BLOCKS if (blocks == b).any()):
+    for block in (b for b in BLOCKS if (blocks == b).any() or b in planned):
         block_judged = [j for j in judged if j["block"] == block]
-        parts.append(render_block(root, table, block, runs, cells[blocks == block], block_judged))
+        block_plan = None if plan is None else plan[plan["task"].map(block_of) == block]
+        parts.append(render_block(root, table, block, runs, cells[blocks == block], block_judged, block_plan))
     return "\n\n".join(parts)
 
 
@@ -185,6 +218,8 @@ LEGEND = (
     "paper % = the paper's reported number for the analogous cell (spec §7; wiki-topics and bbc ≈ SST-2, wiki-pairs "
     "and bbc-pairs ≈ QNLI), not ours. MB = 1e6 bytes sent + received during training; model shipping = the one-time "
     "cost of sending the client model to every client; client params in Mi = 2**20 encoder-layer parameters. "
+    "Header: runs found and finished, of the runs the table script was asked for (its plan.tsv), naming those not "
+    "finished. "
     "Orderings: runs with the same seed share the partition and every client draw, so each link A > B is a paired "
     "t-test on the per-seed differences A_s − B_s of final-round accuracy over the seeds both cells finished: Δ = mean "
     "difference in points, [95 % t-interval], n common seeds, two-sided p, and Holm p = Holm's step-down correction "

@@ -190,6 +190,27 @@ def run_record(root: Path, run: Path) -> dict | None:
     }
 
 
+PLAN_FILE = "plan.tsv"
+PLAN_COLUMNS = ["model", "task", "setting", "method", "seed"]
+
+
+def load_plan(root: str | Path, table: str) -> pd.DataFrame | None:
+    """The runs a table script was asked for, from <root>/<table>/plan.tsv (one tab-separated line per run: model,
+    task, setting, method, seed; written by scripts/embedded/common.sh), duplicates dropped; None when the table has
+    no plan (runs made by hand, or before plans were recorded)."""
+    path = Path(root) / table / PLAN_FILE
+    if not path.is_file():
+        return None
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    bad = [i + 1 for i, row in enumerate(rows) if len(row) != len(PLAN_COLUMNS) or not row[-1].isdigit()]
+    if bad:
+        logger.warning("ignoring %s: line %d is not 'model, task, setting, method, seed' separated by tabs", path, bad[0])
+        return None
+    plan = pd.DataFrame(rows, columns=PLAN_COLUMNS).drop_duplicates()
+    plan["seed"] = plan["seed"].astype(int)
+    return plan.reset_index(drop=True)
+
+
 def load_runs(root: str | Path) -> pd.DataFrame:
     """One row per run folder under <root>/table*/ and <root>/ceiling/ (columns RUN_COLUMNS; accuracies as
     fractions, NaN if missing; final_loss and final_perplexity only for causal-LM runs)."""

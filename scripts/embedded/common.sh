@@ -24,7 +24,9 @@
 # for its curves), JOBS (default 2:
 # runs of a table at once, one CPU thread each: small models gain little from a second thread, and one thread per
 # run makes a run's numbers independent of how busy the machine is), DRY_RUN=1 (or --dry-run) prints the command
-# lines instead of running them. Each run's output goes to $RESULTS/.work/logs/.
+# lines instead of running them. Each run's output goes to $RESULTS/.work/logs/; each table's planned runs (one
+# line each: model, task, setting, method, seed) are recorded in $RESULTS/<table>/plan.tsv, which make_tables.py
+# reads to say which have not finished.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -231,11 +233,21 @@ fedtune_command() {  # fedtune_command <model> <task> <method> <seed> <output ro
     fi
 }
 
+plan_run() {  # plan_run <table> <model> <task> <setting> <method> <seed>: record the run in $RESULTS/<table>/plan.tsv
+    # (once; not in a dry run), so that make_tables.py can say which planned runs have not finished
+    local file="$RESULTS/$1/plan.tsv" line
+    line="$(printf '%s\t' "$2" "$3" "$4" "$5")$6"
+    if [ "$DRY_RUN" = 1 ]; then return 0; fi
+    mkdir -p "$RESULTS/$1"
+    grep -qxF "$line" "$file" 2>/dev/null || printf '%s\n' "$line" >>"$file"
+}
+
 cell() {  # cell <table> <model> <task> <setting> <method> <extra fedtune flags...>: every seed of one table cell
     local table="$1" model="$2" task="$3" setting="$4" method="$5"; shift 5
     local out="$RESULTS/$table/$model/$task/$setting/$method" seed
     for seed in $SEEDS; do
         echo "== $table $model $task $setting $method seed $seed"
+        plan_run "$table" "$model" "$task" "$setting" "$method" "$seed"
         fedtune_command "$model" "$task" "$method" "$seed" "$out" "$@"
         run_job "$table/$model/$task/$setting/$method-seed$seed" "${COMMAND[@]}"
     done
