@@ -257,6 +257,14 @@ def test_planned_runs_that_have_not_finished_are_named(tmp_path, caplog):
     assert "`table1`: 1 runs found, 1 finished, of 1 planned; seeds 1;" in text
     assert "of 1 planned (**1 not finished**: minilm · wiki-pairs · t=5 · FedPFT seed 1)" in text.split("### Table 4")[1]
     assert "_Table 3: no runs under" in text  # neither runs nor a plan
+    bullets = verdict_bullets(tmp_path, load_runs(tmp_path), ["table1", "table2", "table3", "table4"]).splitlines()
+    assert bullets[:2] == [
+        "- **Table 2 is not complete**: 6 of its 11 planned runs have not finished, and its verdicts can change as "
+        "they arrive.",
+        "- **Table 4 is not complete**: 1 of its 1 planned runs have not finished, and its verdicts can change as "
+        "they arrive.",
+    ]
+    assert not any("Table 1 is not complete" in b for b in bullets)
     # a damaged plan is left out with a warning, as if there were none
     (tmp_path / "table1" / "plan.tsv").write_text("minilm wiki-topics iid FedPFT\n")
     text = render(tmp_path, load_runs(tmp_path), ["table1"])

@@ -10,6 +10,7 @@ import pandas as pd
 
 from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells
 from federated_proxy_finetuning.report.paper import SETTING_LABELS
+from federated_proxy_finetuning.report.runs import load_plan, planned_not_finished
 from federated_proxy_finetuning.report.verdicts import ALPHA, format_p
 
 
@@ -127,8 +128,17 @@ def verdict_bullet(judged: dict) -> str:
 
 def verdict_bullets(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> str:
     """One markdown bullet per judged claim of the requested tables, in plain words, from the same verdicts the
-    tables print (so that prose quoting them cannot drift from the tables). `root` is unused beyond symmetry with
-    render; tables without runs are skipped."""
+    tables print (so that prose quoting them cannot drift from the tables), after one bullet per table whose plan
+    (<root>/<table>/plan.tsv) has runs not finished; tables without runs are skipped."""
     stats = cell_stats(runs)
+    notes = []
+    for table in tables:
+        plan = load_plan(root, table)
+        missing = 0 if plan is None else len(planned_not_finished(plan, runs[runs["table"] == table]))
+        if missing:
+            notes.append(
+                f"- **Table {table.removeprefix('table')} is not complete**: {missing} of its {len(plan)} planned "
+                "runs have not finished, and its verdicts can change as they arrive."
+            )
     judged = [j for t in tables if (runs["table"] == t).any() for j in orderings(table_cells(stats, t), t)]
-    return "\n".join(verdict_bullet(j) for j in judged) + "\n"
+    return "\n".join(notes + [verdict_bullet(j) for j in judged]) + "\n"

@@ -26,7 +26,7 @@ from federated_proxy_finetuning.report.paper import (
     paper_numbers,
     task_label,
 )
-from federated_proxy_finetuning.report.runs import load_plan
+from federated_proxy_finetuning.report.runs import load_plan, planned_not_finished
 
 
 def fmt(value: float | None, spec: str = ".1f") -> str:
@@ -72,11 +72,8 @@ def plan_note(own: pd.DataFrame, plan: pd.DataFrame | None, shown: int = 6) -> s
     cells and how many more); "" without a plan."""
     if plan is None or plan.empty:
         return ""
-    done = own.loc[own["finished"] & own["seed"].notna(), ["model", "task", "setting", "method", "seed"]]
-    done = done.astype({"seed": int})
     keys = ["model", "task", "setting", "method"]
-    missing = plan.merge(done, on=[*keys, "seed"], how="left", indicator=True)
-    missing = missing[missing["_merge"] == "left_only"]
+    missing = planned_not_finished(plan, own)
     note = f", of {len(plan)} planned"
     if missing.empty:
         return note

@@ -211,6 +211,13 @@ def load_plan(root: str | Path, table: str) -> pd.DataFrame | None:
     return plan.reset_index(drop=True)
 
 
+def planned_not_finished(plan: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `plan` (PLAN_COLUMNS) without a finished run of the same cell and seed in `runs` (one table's)."""
+    done = runs.loc[runs["finished"] & runs["seed"].notna(), PLAN_COLUMNS].astype({"seed": int})
+    merged = plan.merge(done.drop_duplicates(), on=PLAN_COLUMNS, how="left", indicator=True)
+    return merged.loc[merged["_merge"] == "left_only", PLAN_COLUMNS].reset_index(drop=True)
+
+
 def load_runs(root: str | Path) -> pd.DataFrame:
     """One row per run folder under <root>/table*/ and <root>/ceiling/ (columns RUN_COLUMNS; accuracies as
     fractions, NaN if missing; final_loss and final_perplexity only for causal-LM runs)."""
