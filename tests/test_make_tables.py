@@ -658,6 +658,19 @@ def test_committed_table2_dir10(committed):
     assert bbc["holm_p"] == pytest.approx(0.18, abs=0.01) and bbc["verdict"] == "inconclusive"
 
 
+def test_committed_table2_wiki_pairs_at_alpha_1_is_untestable(committed):
+    # every final evaluation of every method at α = 1 is one column of its recorded confusion matrix: seed 1 predicts
+    # "not an answer" for all 2,200 pairs, seeds 2 and 3 "an answer" (runs with a seed share the partition and the
+    # clients of the last round); the claim is untestable and its links leave the Holm family of the block
+    runs = committed[(committed[CELL[:4]] == ["table2", "minilm", "wiki-pairs", "dir1"]).all(axis=1)]
+    assert len(runs) == 9 and runs["one_class"].tolist() == [True] * 9
+    counts = {(r.method, r.seed): r.predicted_counts for r in runs.itertuples()}
+    assert all(counts[m, 1] == [2200, 0] and counts[m, 2] == counts[m, 3] == [0, 2200] for m, _ in counts)
+    claim, link = committed_link(committed, "table2", "wiki-pairs", "dir1", ("FedPFT", ">", "FedOT"))
+    assert link["verdict"] == "untestable" and claim["verdict"] == "untestable"
+    assert "4 untestable link(s) left out" in render(COMMITTED, committed, ["table2"]).split(BBC_HEADING)[0]
+
+
 def test_committed_table3_b_over_d_exceeds_the_seed_std(committed):
     # FedPFT_B − FedPFT_D per seed 4.22 / 2.27 / 3.57: Δ +3.35, sd 0.99, 95 % interval [+0.9, +5.8], p 0.028, which
     # is larger than either cell's seed std (2.8 and 2.0); Holm across Table 3's 4 links: 0.11 -> inconclusive
