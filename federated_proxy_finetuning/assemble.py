@@ -254,9 +254,10 @@ def start(s, accelerator, run, source, resume_from, resume, overwrite, task, par
         "client_model_distilled": s.client_model_distilled,
     }
     if accelerator.is_main_process:
+        layers = "decoder" if task.modality == "causal-lm" else "encoder"
         logger.info(
-            "%s on %s: %d clients, %d per round, client model %s of FM %s encoder-layer parameters",
-            s.method, s.task_name, s.num_clients, len(schedule[0]), mebi(client_params), mebi(fm_params),
+            "%s on %s: %d clients, %d per round, client model %s of FM %s %s-layer parameters",
+            s.method, s.task_name, s.num_clients, len(schedule[0]), mebi(client_params), mebi(fm_params), layers,
         )  # fmt: skip
     run.write_config({"args": as_flags(s), **info, "hardware": hardware(accelerator)})
     return Server(

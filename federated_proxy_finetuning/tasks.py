@@ -80,7 +80,7 @@ class TaskData:
     `train_labels`), the server evaluates every `eval_splits` entry with `metric_names` (spec §4.2, §4.11)."""
 
     name: str
-    modality: str  # "text" | "image"
+    modality: str  # "text" | "image" | "causal-lm"
     train: datasets.Dataset
     eval_splits: dict[str, datasets.Dataset]  # metric-prefix key ("" or "matched"/"mismatched") -> split
     num_labels: int

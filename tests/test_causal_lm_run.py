@@ -83,6 +83,7 @@ def metrics(root: Path, out: str) -> list[dict]:
 def test_fedpft_fine_tunes_a_causal_lm_and_evaluates_the_plugged_in_fm(assets):
     done = fedtune(assets, "run")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "decoder-layer parameters" in done.stderr and "encoder-layer" not in done.stderr
     records = metrics(assets, "run")
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert [r["aligned"] for r in records] == [False, False, True, False]
