@@ -848,6 +848,27 @@ def test_table5_cells_show_topic_accuracy_loss_and_perplexity(lm_tree, lm_runs, 
     assert "final answer loss" not in render(tree, runs, ["table1"])  # the classifiers' tables are unchanged
 
 
+def test_table5_shows_the_untuned_fm_its_rows_are_read_against(tmp_path, tree, runs):
+    """Round 0 of a causal-LM run is the untuned FM (the same model for every method and seed): the block names the
+    run that evaluated it and its topic accuracy, answer loss and perplexity; a classifier's round 0 (an untrained
+    head) is not shown."""
+    for method in ("FedPETuning", "FedPFT"):
+        write_lm_cell(tmp_path, f"table5/smollm2/wiki-qa/iid/{method}", [0.70, 0.72], [2.0, 2.1])
+    for run in sorted(tmp_path.rglob("metrics.jsonl")):
+        if "fedpetuning" in run.parent.name and run.parent.name.endswith("seed1"):
+            continue  # the only run that evaluated round 0
+        records = [json.loads(line) for line in run.read_text().splitlines()]
+        del records[0]["fm"]
+        run.write_text("".join(json.dumps(x) + "\n" for x in records))
+    lm = load_runs(tmp_path)
+    assert lm["round0"].notna().sum() == 1 and lm["round0"].max() == pytest.approx(0.5)
+    text = render(tmp_path, lm, ["table5"])
+    # round 0 of write_run: accuracy 0.5, answer loss 2.0 + 0.1 · ROUNDS = 2.4, perplexity e^2.4 = 11.02
+    line = "- smollm2 · wiki-qa, the untuned FM (round 0, evaluated in FedPETuning seed 1): topic acc 50.0 %, "
+    assert line + "answer loss 2.400, perplexity 11.02" in text
+    assert "untuned FM" not in render(tree, runs, ["table1"])  # every classifier run here evaluated round 0
+
+
 def test_table5_orderings_take_the_loss_the_right_way(lm_runs):
     claims = judged(None, lm_runs, "table5", setting="iid")
     accuracy = claims["FedPETuning ≥ FedPFT > FedOT on topic accuracy"]

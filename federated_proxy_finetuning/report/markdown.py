@@ -26,7 +26,7 @@ from federated_proxy_finetuning.report.paper import (
     paper_numbers,
     task_label,
 )
-from federated_proxy_finetuning.report.runs import load_plan, planned_not_finished
+from federated_proxy_finetuning.report.runs import CELL, load_plan, planned_not_finished
 
 
 def fmt(value: float | None, spec: str = ".1f") -> str:
@@ -72,7 +72,6 @@ def plan_note(own: pd.DataFrame, plan: pd.DataFrame | None, shown: int = 6) -> s
     cells and how many more); "" without a plan."""
     if plan is None or plan.empty:
         return ""
-    keys = ["model", "task", "setting", "method"]
     missing = planned_not_finished(plan, own)
     note = f", of {len(plan)} planned"
     if missing.empty:
@@ -80,7 +79,7 @@ def plan_note(own: pd.DataFrame, plan: pd.DataFrame | None, shown: int = 6) -> s
     cells = [
         f"{model} · {task} · {SETTING_LABELS.get(setting, setting)} · {method} seed{'s' if len(g) > 1 else ''} "
         + " ".join(str(s) for s in sorted(g["seed"]))
-        for (model, task, setting, method), g in missing.groupby(keys, sort=False)
+        for (model, task, setting, method), g in missing.groupby(CELL[1:], sort=False)
     ]
     more = f"; and {len(cells) - shown} more cells" if len(cells) > shown else ""
     return note + f" (**{len(missing)} not finished**: {'; '.join(cells[:shown])}{more})"
@@ -168,6 +167,32 @@ def settings_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _agreeing(values: pd.Series, spec: str, scale: float = 1.0) -> str:
+    """One value where the runs agree (to the printed precision), else its range over them."""
+    low, high = format(values.min() * scale, spec), format(values.max() * scale, spec)
+    return low if low == high else f"{low}–{high} (differs across runs)"
+
+
+def untuned_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per model · task of causal-LM runs that evaluated round 0: the untuned FM's topic accuracy, answer
+    loss and perplexity (the same model for every method and seed, so the reference every row's tuning is read
+    against); none for classifiers, whose round 0 is an untrained head."""
+    from federated_proxy_finetuning.tasks import LM_TASKS  # the instruction -> answer tasks
+
+    lines = []
+    for (model, task), group in runs.groupby(["model", "task"], sort=False):
+        zero = group[group["round0"].notna()]
+        if task not in LM_TASKS or zero.empty:
+            continue
+        where = ", ".join(f"{r['method']} seed {int(r['seed'])}" for _, r in zero.sort_values("seed").iterrows())
+        lines.append(
+            f"- {model} · {task}, the untuned FM (round 0, evaluated in {where}): topic acc "
+            f"{_agreeing(zero['round0'], '.1f', 100)} %, answer loss {_agreeing(zero['round0_loss'], '.3f')}, "
+            f"perplexity {_agreeing(zero['round0_perplexity'], '.2f')}"
+        )
+    return lines
+
+
 def render_block(
     root: Path, table: str, block: str, runs: pd.DataFrame, cells: pd.DataFrame, judged: list, plan: pd.DataFrame | None
 ) -> str:
@@ -184,6 +209,8 @@ def render_block(
     lines += ["", cells_markdown(table, cells)]
     if not own.empty:
         lines += ["", "Settings of each row's runs:", *settings_lines(own.sort_values(["model", "task"]))]
+        untuned = untuned_lines(own.sort_values(["model", "task"]))
+        lines += ["", "Before tuning (the reference each row is read against):", *untuned] if untuned else []
     if judged:
         whose = "Orderings we hypothesise (not the paper's claims)" if all(j["ours"] for j in judged) else ""
         lines += ["", f"{whose or 'Orderings the paper claims'}, each link judged on paired per-seed differences:"]

@@ -24,6 +24,9 @@ RUN_COLUMNS = CELL + [
     "final",
     "final_loss",
     "final_perplexity",
+    "round0",
+    "round0_loss",
+    "round0_perplexity",
     "best",
     "final_round",
     "best_round",
@@ -44,6 +47,7 @@ RUN_COLUMNS = CELL + [
     "path",
 ]
 NUMERIC = ["seed", "final", "final_loss", "final_perplexity", "best", "final_round", "best_round", "rounds"]
+NUMERIC += ["round0", "round0_loss", "round0_perplexity"]
 NUMERIC += ["num_clients", "proportion"]
 NUMERIC += ["client_params", "fm_params", "bytes_total", "shipping_bytes", "wall_seconds"]
 NUMERIC += [*SETTING_FIELDS, "align_t", "align_p"]
@@ -88,6 +92,17 @@ def communicated_bytes(summary: dict, metrics: list[dict]) -> float | None:
 def evaluated_rounds(metrics: list[dict], metric: str) -> list[dict]:
     """The metrics.jsonl records whose FM evaluation holds `metric`, in round order."""
     return [record for record in metrics if metric in (record.get("fm") or {})]
+
+
+def round0(metrics: list[dict], metric: str) -> tuple[float | None, float | None, float | None]:
+    """(`metric`, answer loss, perplexity) of the FM evaluated before any round (round 0: the untrained model; for a
+    causal LM the untuned FM, the same model for every method and seed); None where round 0 was not evaluated, and
+    the loss and perplexity None for a classifier."""
+    first = next((r for r in evaluated_rounds(metrics, metric) if (r.get("round") or 0) == 0), None)
+    if first is None:
+        return None, None, None
+    loss, perplexity = answer_loss(first["fm"])
+    return first["fm"][metric], loss, perplexity
 
 
 def best_after_round0(metrics: list[dict], metric: str) -> tuple[float | None, int | None]:
@@ -164,6 +179,7 @@ def run_record(root: Path, run: Path) -> dict | None:
         best_round = summary.get("best_round")
     one_class, counts = predictions(metrics, metric)
     loss, perplexity = answer_loss(summary.get("final") or {})
+    zero, zero_loss, zero_perplexity = round0(metrics, metric)
     return {
         **dict(zip(CELL, parts)),
         "seed": seed,
@@ -172,6 +188,9 @@ def run_record(root: Path, run: Path) -> dict | None:
         "final": (summary.get("final") or {}).get(metric),
         "final_loss": loss,
         "final_perplexity": perplexity,
+        "round0": zero,
+        "round0_loss": zero_loss,
+        "round0_perplexity": zero_perplexity,
         "best": best,
         "final_round": summary.get("final_round"),
         "best_round": best_round,
@@ -191,7 +210,7 @@ def run_record(root: Path, run: Path) -> dict | None:
 
 
 PLAN_FILE = "plan.tsv"
-PLAN_COLUMNS = ["model", "task", "setting", "method", "seed"]
+PLAN_COLUMNS = [*CELL[1:], "seed"]  # a table's cells within it, and the seed
 
 
 def load_plan(root: str | Path, table: str) -> pd.DataFrame | None:
