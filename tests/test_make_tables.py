@@ -866,7 +866,12 @@ def test_table5_shows_the_untuned_fm_its_rows_are_read_against(tmp_path, tree, r
     # round 0 of write_run: accuracy 0.5, answer loss 2.0 + 0.1 · ROUNDS = 2.4, perplexity e^2.4 = 11.02
     line = "- smollm2 · wiki-qa, the untuned FM (round 0, evaluated in FedPETuning seed 1): topic acc 50.0 %, "
     assert line + "answer loss 2.400, perplexity 11.02" in text
+    bullet = "- Table 5, smollm2 · wiki-qa: the untuned FM (round 0) scores topic acc 50.0 %, answer loss 2.400, "
+    assert bullet + "perplexity 11.02, the reference each method's row is read against." in verdict_bullets(
+        tmp_path, lm, ["table5"]
+    )
     assert "untuned FM" not in render(tree, runs, ["table1"])  # every classifier run here evaluated round 0
+    assert "untuned FM" not in verdict_bullets(tree, runs, ["table1"])
 
 
 def test_table5_orderings_take_the_loss_the_right_way(lm_runs):

@@ -173,3 +173,30 @@ def orderings(cells: pd.DataFrame, table: str) -> list[dict]:
     combined verdict (claim_verdict), the block's family size m and the paper's verdicts."""
     blocks = cells["task"].map(block_of)
     return [j for block in BLOCKS for j in _judge_block(cells[blocks == block], table, block)]
+
+
+def _agreeing(values: pd.Series, spec: str, scale: float = 1.0) -> str:
+    """One value where the runs agree to the printed precision, else its range over them."""
+    low, high = format(values.min() * scale, spec), format(values.max() * scale, spec)
+    return low if low == high else f"{low}–{high} (differs across runs)"
+
+
+def untuned_fm(runs: pd.DataFrame) -> list[dict]:
+    """Per model · task of causal-LM runs that evaluated round 0, the untuned FM: the same model for every method
+    and seed, so the reference each row's tuning is read against. Each entry: model, task, where (the runs that
+    evaluated it) and measures (its topic accuracy, answer loss and perplexity as text). None for classifiers, whose
+    round 0 is an untrained head."""
+    from federated_proxy_finetuning.tasks import LM_TASKS  # the instruction -> answer tasks
+
+    found = []
+    for (model, task), group in runs.sort_values(["model", "task"]).groupby(["model", "task"], sort=False):
+        zero = group[group["round0"].notna()].sort_values(["method", "seed"])
+        if task not in LM_TASKS or zero.empty:
+            continue
+        measures = (
+            f"topic acc {_agreeing(zero['round0'], '.1f', 100)} %, answer loss {_agreeing(zero['round0_loss'], '.3f')}"
+            f", perplexity {_agreeing(zero['round0_perplexity'], '.2f')}"
+        )
+        where = ", ".join(f"{r['method']} seed {int(r['seed'])}" for _, r in zero.iterrows())
+        found.append({"model": model, "task": task, "where": where, "measures": measures})
+    return found

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells
+from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells, untuned_fm
 from federated_proxy_finetuning.report.paper import SETTING_LABELS
 from federated_proxy_finetuning.report.runs import load_plan, planned_not_finished
 from federated_proxy_finetuning.report.verdicts import ALPHA, format_p
@@ -129,7 +129,8 @@ def verdict_bullet(judged: dict) -> str:
 def verdict_bullets(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> str:
     """One markdown bullet per judged claim of the requested tables, in plain words, from the same verdicts the
     tables print (so that prose quoting them cannot drift from the tables), after one bullet per table whose plan
-    (<root>/<table>/plan.tsv) has runs not finished; tables without runs are skipped."""
+    (<root>/<table>/plan.tsv) has runs not finished; tables without runs are skipped. Last, per causal-LM table, the
+    untuned FM's measures (cells.untuned_fm)."""
     stats = cell_stats(runs)
     notes = []
     for table in tables:
@@ -141,4 +142,10 @@ def verdict_bullets(root: str | Path, runs: pd.DataFrame, tables: list[str]) -> 
                 "runs have not finished, and its verdicts can change as they arrive."
             )
     judged = [j for t in tables if (runs["table"] == t).any() for j in orderings(table_cells(stats, t), t)]
-    return "\n".join(notes + [verdict_bullet(j) for j in judged]) + "\n"
+    references = [
+        f"- Table {t.removeprefix('table')}, {u['model']} · {u['task']}: the untuned FM (round 0) scores "
+        f"{u['measures']}, the reference each method's row is read against."
+        for t in tables
+        for u in untuned_fm(runs[runs["table"] == t])
+    ]
+    return "\n".join(notes + [verdict_bullet(j) for j in judged] + references) + "\n"

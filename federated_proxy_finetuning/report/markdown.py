@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells
+from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells, untuned_fm
 from federated_proxy_finetuning.report.claim_lines import claim_line, test_line
 from federated_proxy_finetuning.report.paper import (
     BBC_HEADING,
@@ -167,30 +167,12 @@ def settings_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _agreeing(values: pd.Series, spec: str, scale: float = 1.0) -> str:
-    """One value where the runs agree (to the printed precision), else its range over them."""
-    low, high = format(values.min() * scale, spec), format(values.max() * scale, spec)
-    return low if low == high else f"{low}–{high} (differs across runs)"
-
-
 def untuned_lines(runs: pd.DataFrame) -> list[str]:
-    """One line per model · task of causal-LM runs that evaluated round 0: the untuned FM's topic accuracy, answer
-    loss and perplexity (the same model for every method and seed, so the reference every row's tuning is read
-    against); none for classifiers, whose round 0 is an untrained head."""
-    from federated_proxy_finetuning.tasks import LM_TASKS  # the instruction -> answer tasks
-
-    lines = []
-    for (model, task), group in runs.groupby(["model", "task"], sort=False):
-        zero = group[group["round0"].notna()]
-        if task not in LM_TASKS or zero.empty:
-            continue
-        where = ", ".join(f"{r['method']} seed {int(r['seed'])}" for _, r in zero.sort_values("seed").iterrows())
-        lines.append(
-            f"- {model} · {task}, the untuned FM (round 0, evaluated in {where}): topic acc "
-            f"{_agreeing(zero['round0'], '.1f', 100)} %, answer loss {_agreeing(zero['round0_loss'], '.3f')}, "
-            f"perplexity {_agreeing(zero['round0_perplexity'], '.2f')}"
-        )
-    return lines
+    """One line per model · task of causal-LM runs that evaluated round 0 (cells.untuned_fm)."""
+    return [
+        f"- {u['model']} · {u['task']}, the untuned FM (round 0, evaluated in {u['where']}): {u['measures']}"
+        for u in untuned_fm(runs)
+    ]
 
 
 def render_block(
