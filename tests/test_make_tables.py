@@ -983,4 +983,6 @@ def test_table5_curves(lm_tree, lm_runs, tmp_path):
     assert loss["FedPETuning"]["mean"].iloc[-1] == pytest.approx(2.05)
     assert (loss["FedOT"]["min"].iloc[-1], loss["FedOT"]["max"].iloc[-1]) == pytest.approx((1.80, 1.95))
     assert accuracy["FedPETuning"]["mean"].iloc[-1] == pytest.approx(72.0)
+    tuned = method_curves(iid, "loss", first_round=1)  # the LM figure's: round 0 is drawn as the untuned FM's line
+    assert tuned["FedPETuning"]["round"].tolist() == list(range(1, ROUNDS + 1))
     assert method_curves(lm_runs.query("table == 'table1'"), "loss") == {}  # a classifier has no answer loss

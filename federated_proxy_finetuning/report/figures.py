@@ -53,13 +53,13 @@ def run_curve(path: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["round", "accuracy", "loss", "mb"])
 
 
-def method_curves(runs: pd.DataFrame, value: str = "accuracy") -> dict[str, pd.DataFrame]:
+def method_curves(runs: pd.DataFrame, value: str = "accuracy", first_round: int = 0) -> dict[str, pd.DataFrame]:
     """{method: per-round mean, min and max of `value` (a run_curve column: accuracy or loss) and mean cumulative MB
-    over its finished seeds}; rounds where no seed recorded the value are left out."""
+    over its finished seeds}, from round `first_round` on; rounds where no seed recorded the value are left out."""
     curves = {}
     for method, group in runs[runs["finished"]].groupby("method"):
         per_seed = pd.concat([run_curve(r.path, r.metric) for r in group.itertuples()], ignore_index=True)
-        per_seed = per_seed.dropna(subset=[value])
+        per_seed = per_seed[per_seed["round"] >= first_round].dropna(subset=[value])
         if not per_seed.empty:
             by_round = per_seed.groupby("round")
             curves[method] = by_round[value].agg(["mean", "min", "max"]).join(by_round["mb"].mean()).reset_index()
@@ -86,13 +86,22 @@ def _axes(title: str, xlabel: str, ncols: int = 1, width: float = 7) -> tuple[Fi
 
 
 def _draw_curves(ax, curves: dict[str, pd.DataFrame], aligned: list[int]) -> None:
-    """One line per method (mean over seeds, band min–max) and the FedPFT alignment rounds as dashed lines."""
+    """One line per method (mean over seeds, band min–max) and the FedPFT alignment rounds as dashed lines; a method
+    evaluated at one round only is a marker with min–max bars, set a little apart from the others' so that none
+    hides another."""
     for x in aligned:
         ax.axvline(x, color="0.4", alpha=0.5, linewidth=0.8, linestyle="--")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    single = [method for method, curve in curves.items() if len(curve) == 1]
     for method, curve in curves.items():
-        ax.plot(curve["round"], curve["mean"], color=method_color(method), label=method)
-        ax.fill_between(curve["round"], curve["min"], curve["max"], color=method_color(method), alpha=0.2)
+        color = method_color(method)
+        if method in single:
+            x = curve["round"] + 0.15 * (single.index(method) - (len(single) - 1) / 2)
+            bars = [curve["mean"] - curve["min"], curve["max"] - curve["mean"]]
+            ax.errorbar(x, curve["mean"], yerr=bars, color=color, marker="o", capsize=3, linestyle="", label=method)
+            continue
+        ax.plot(curve["round"], curve["mean"], color=color, label=method)
+        ax.fill_between(curve["round"], curve["min"], curve["max"], color=color, alpha=0.2)
     if curves:
         ax.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
 
@@ -110,18 +119,27 @@ TOPIC_CHANCE = 100 / 11  # % of wiki-qa's topic accuracy by chance: 11 topics
 
 
 def figure_lm_curves(runs: pd.DataFrame, title: str) -> Figure | None:
-    """A causal LM's FM per evaluated round: topic accuracy (left, with chance) and answer loss (right)."""
-    accuracy, loss = method_curves(runs), method_curves(runs, "loss")
+    """A causal LM's FM per evaluated round ≥ 1: topic accuracy (left, with chance) and answer loss (right), each with
+    the untuned FM (round 0: the same model for every method and seed, evaluated in some runs only) as a line."""
+    accuracy, loss = method_curves(runs, first_round=1), method_curves(runs, "loss", first_round=1)
     if not accuracy and not loss:
         return None
-    fig, (left, right) = _axes(title + " — FM per round (mean over seeds, band min–max)", "round", ncols=2, width=11)
+    fig, (left, right) = _axes(title + " — FM per round (mean over seeds, min–max)", "round", ncols=2, width=11)
     left.set_ylabel("topic accuracy (%, calibrated label word)")
     right.set_ylabel("answer loss (nats per answer token)")
     aligned = alignment_rounds(runs)
     _draw_curves(left, accuracy, aligned)
     _draw_curves(right, loss, aligned)
+    untuned = runs[runs["finished"] & runs["round0"].notna()]
+    if not untuned.empty:
+        style = {"color": "0.2", "linewidth": 1, "linestyle": "-."}
+        left.axhline(untuned["round0"].mean() * 100, label="untuned FM (round 0)", **style)
+        right.axhline(untuned["round0_loss"].mean(), label="untuned FM (round 0)", **style)
     left.axhline(TOPIC_CHANCE, color="0.5", linewidth=0.8, linestyle=":", label="chance (9.1 %)")
-    left.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
+    last = max([curve["round"].max() for curve in [*accuracy.values(), *loss.values()]])
+    for ax in (left, right):
+        ax.set_xlim(-0.5, last + 0.5)  # from round 0, where the untuned FM stands
+        ax.legend(fontsize=8, title="dashed: FedPFT alignments" if aligned else None, title_fontsize=7)
     return fig
 
 
