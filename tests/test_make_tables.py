@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells
+from federated_proxy_finetuning.report.cells import cell_stats, orderings, table_cells, untuned_fm
 from federated_proxy_finetuning.report.claim_lines import verdict_bullets
 from federated_proxy_finetuning.report.figures import alignment_rounds, method_curves, on_common_seeds, write_plots
 from federated_proxy_finetuning.report.markdown import CEILING_HEADING, LEGEND, render
@@ -848,7 +848,7 @@ def test_table5_cells_show_topic_accuracy_loss_and_perplexity(lm_tree, lm_runs, 
     assert "final answer loss" not in render(tree, runs, ["table1"])  # the classifiers' tables are unchanged
 
 
-def test_table5_shows_the_untuned_fm_its_rows_are_read_against(tmp_path, tree, runs):
+def test_table5_shows_the_untuned_fm_its_rows_are_read_against(tmp_path, tree, runs, lm_runs):
     """Round 0 of a causal-LM run is the untuned FM (the same model for every method and seed): the block names the
     run that evaluated it and its topic accuracy, answer loss and perplexity; a classifier's round 0 (an untrained
     head) is not shown."""
@@ -872,6 +872,9 @@ def test_table5_shows_the_untuned_fm_its_rows_are_read_against(tmp_path, tree, r
     )
     assert "untuned FM" not in render(tree, runs, ["table1"])  # every classifier run here evaluated round 0
     assert "untuned FM" not in verdict_bullets(tree, runs, ["table1"])
+    # runs that disagree on round 0 (here each cell's answer loss starts 0.1 · ROUNDS above its own final) show the range
+    (disagreeing,) = untuned_fm(lm_runs)
+    assert disagreeing["measures"].startswith("topic acc 50.0 %, answer loss 2.200–3.000 (differs across runs)")
 
 
 def test_table5_orderings_take_the_loss_the_right_way(lm_runs):

@@ -184,8 +184,9 @@ def _agreeing(values: pd.Series, spec: str, scale: float = 1.0) -> str:
 def untuned_fm(runs: pd.DataFrame) -> list[dict]:
     """Per model · task of causal-LM runs that evaluated round 0, the untuned FM: the same model for every method
     and seed, so the reference each row's tuning is read against. Each entry: model, task, where (the runs that
-    evaluated it) and measures (its topic accuracy, answer loss and perplexity as text). None for classifiers, whose
-    round 0 is an untrained head."""
+    evaluated it) and measures (its topic accuracy, answer loss and perplexity as text; a range where the runs
+    disagree, as they would on different evaluation sets). No entry for classifiers, whose round 0 is an untrained
+    head."""
     from federated_proxy_finetuning.tasks import LM_TASKS  # the instruction -> answer tasks
 
     found = []

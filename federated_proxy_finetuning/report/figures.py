@@ -130,7 +130,7 @@ def figure_lm_curves(runs: pd.DataFrame, title: str) -> Figure | None:
     aligned = alignment_rounds(runs)
     _draw_curves(left, accuracy, aligned)
     _draw_curves(right, loss, aligned)
-    untuned = runs[runs["finished"] & runs["round0"].notna()]
+    untuned = runs[runs["round0"].notna()]  # as the table's "Before tuning" line: every run that evaluated it
     if not untuned.empty:
         style = {"color": "0.2", "linewidth": 1, "linestyle": "-."}
         left.axhline(untuned["round0"].mean() * 100, label="untuned FM (round 0)", **style)
