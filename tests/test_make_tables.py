@@ -43,7 +43,7 @@ from federated_proxy_finetuning.report.paper import (
     paper_numbers,
     reported_tables,
 )
-from federated_proxy_finetuning.report.runs import CELL, load_runs, predictions, run_record
+from federated_proxy_finetuning.report.runs import CELL, load_runs, predictions, read_metrics, run_record
 from federated_proxy_finetuning.report.verdicts import (
     PairedTest,
     claim_verdict,
@@ -97,7 +97,7 @@ def write_run(
             record |= {"bytes_sent": SENT * (r > 0), "bytes_received": RECEIVED * (r > 0)}
             record |= {"bytes_sent_cumulative": SENT * r, "bytes_received_cumulative": RECEIVED * r}
         records.append(record)
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    write_metrics(run, records)
     args = {"seed": seed, "num_rounds": ROUNDS, "num_clients": CLIENTS, "proportion": PROPORTION, "method": "pft"}
     config = {"args": args, "metric_for_best_model": metric.removeprefix("eval_")}
     if not bare:
@@ -117,6 +117,11 @@ def write_run(
         summary |= {"rounds": ROUNDS, "communication": communication, "wall_seconds": 12.5}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
+
+
+def write_metrics(run: Path, records: list[dict]) -> None:
+    """A run folder's metrics.jsonl (read back with runs.read_metrics)."""
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
 
 
 def write_cell(root: Path, cell: str, finals: list[float]) -> None:
@@ -560,9 +565,9 @@ def test_predictions_read_the_metric_split_confusion():
 
 def test_best_excludes_round_zero(tmp_path):
     run = write_run(tmp_path, "table1/minilm/wiki-topics/iid/FedPFT", 1, 0.70)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     records[0]["fm"]["eval_accuracy"] = 0.95  # the untrained model scores best: not a trained round
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    write_metrics(run, records)
     record = run_record(tmp_path, run)
     assert record["best"] == pytest.approx(0.71) and record["best_round"] == ROUNDS - 1
     (run / "metrics.jsonl").unlink()  # without metrics.jsonl the summary's best stands
@@ -736,11 +741,11 @@ def test_a_run_that_skips_round_zero(tmp_path):
     """A Table 2-4 run evaluated at rounds 15 and 30 only (--eval_round_zero False): best and final from those rounds,
     and the block's settings line says round 0 was not evaluated."""
     run = write_run(tmp_path, "table2/minilm/wiki-topics/dir1/FedPFT", 1, 0.70)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     for r in records:
         if r["round"] not in (ROUNDS // 2, ROUNDS):
             del r["fm"]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    write_metrics(run, records)
     config = json.loads((run / "config.json").read_text())
     config["args"] |= {"eval_interval": ROUNDS // 2, "eval_round_zero": False}
     (run / "config.json").write_text(json.dumps(config))
@@ -854,12 +859,12 @@ def test_table5_shows_the_untuned_fm_its_rows_are_read_against(tmp_path, tree, r
     head) is not shown."""
     for method in ("FedPETuning", "FedPFT"):
         write_lm_cell(tmp_path, f"table5/smollm2/wiki-qa/iid/{method}", [0.70, 0.72], [2.0, 2.1])
-    for run in sorted(tmp_path.rglob("metrics.jsonl")):
-        if "fedpetuning" in run.parent.name and run.parent.name.endswith("seed1"):
+    for run in sorted(path.parent for path in tmp_path.rglob("metrics.jsonl")):
+        if "fedpetuning" in run.name and run.name.endswith("seed1"):
             continue  # the only run that evaluated round 0
-        records = [json.loads(line) for line in run.read_text().splitlines()]
+        records = read_metrics(run)
         del records[0]["fm"]
-        run.write_text("".join(json.dumps(x) + "\n" for x in records))
+        write_metrics(run, records)
     lm = load_runs(tmp_path)
     assert lm["round0"].notna().sum() == 1 and lm["round0"].max() == pytest.approx(0.5)
     text = render(tmp_path, lm, ["table5"])

@@ -191,7 +191,7 @@ def render_block(
     lines += ["", cells_markdown(table, cells)]
     if not own.empty:
         lines += ["", "Settings of each row's runs:", *settings_lines(own.sort_values(["model", "task"]))]
-        untuned = untuned_lines(own.sort_values(["model", "task"]))
+        untuned = untuned_lines(own)  # in model · task order, as untuned_fm sorts
         lines += ["", "Before tuning (the reference each row is read against):", *untuned] if untuned else []
     if judged:
         whose = "Orderings we hypothesise (not the paper's claims)" if all(j["ours"] for j in judged) else ""
